@@ -1,0 +1,208 @@
+"""Stage 3 and the whole: attention pooling, `attention`, and classic special cases.
+
+Layout: `q: [..., q_len, d_k]`, `k: [..., kv_len, d_k]`, `v: [..., kv_len, d_v]`.
+The leading axes (`...`) are batch, heads, or anything else and broadcast; with
+heads the usual layout is `[batch, heads, len, head_dim]` (as in torch's
+`scaled_dot_product_attention`). `split_heads` in `multihead` produces it.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from attn_jax.functional import _checks as C
+from attn_jax.functional import masks as M
+from attn_jax.functional import scoring as S
+
+Implementation = Literal["reference", "xla"]
+IMPLEMENTATIONS = ("reference", "xla")
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+  """Inverted dropout: zero each entry with probability `rate`, rescale the rest by 1/(1-rate).
+
+  `rate == 0` returns `x` unchanged; `rate > 0` needs an explicit PRNG key `rng`.
+  """
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f"dropout(): argument 'rate' must be in [0, 1), got {rate}.")
+  if rate == 0.0:
+    return x
+  if rng is None:
+    raise ValueError("dropout(): 'rate' > 0 needs a PRNG key in 'rng' (e.g. jax.random.key(0)).")
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
+
+
+def attention_pool(weights: jax.Array, v: jax.Array) -> jax.Array:
+  """Weighted sum of values: `weights @ v`, accumulated in float32 for low precision.
+
+  Args:
+    weights: [..., q_len, kv_len] attention weights.
+    v: [..., kv_len, d_v] values.
+  Returns:
+    [..., q_len, d_v] in v's dtype.
+  """
+  C.check_rank("attention_pool", "v", v, "[..., kv_len, d_v]", min_rank=2)
+  C.check_axis("attention_pool", "v", v, -2, weights.shape[-1],
+               f"[..., kv_len, d_v] with kv_len={weights.shape[-1]} (the last axis of 'weights')")
+  acc = jnp.promote_types(v.dtype, jnp.float32)
+  out = jnp.einsum("...qk,...kd->...qd", weights.astype(v.dtype), v, preferred_element_type=acc)
+  return out.astype(v.dtype)
+
+
+def _check_qkv(fn: str, q, k, v, custom_scorer: bool) -> tuple[int, ...]:
+  C.check_rank(fn, "q", q, "[..., q_len, d_k] (at least 2 axes)", min_rank=2)
+  C.check_rank(fn, "k", k, "[..., kv_len, d_k] (at least 2 axes)", min_rank=2)
+  C.check_rank(fn, "v", v, "[..., kv_len, d_v] (at least 2 axes)", min_rank=2)
+  if not custom_scorer:
+    C.check_axis(fn, "k", k, -1, q.shape[-1],
+                 f"[..., kv_len, d_k] with d_k={q.shape[-1]} (the last axis of 'q')")
+  C.check_axis(fn, "v", v, -2, k.shape[-2],
+               f"[..., kv_len, d_v] with kv_len={k.shape[-2]} (axis -2 of 'k')")
+  try:
+    lead = jnp.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+  except ValueError:
+    C.fail(fn, "k", k, f"leading axes broadcastable with those of 'q' {q.shape[:-2]}")
+  return tuple(lead) + (q.shape[-2], k.shape[-2])
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
+              score_fn: S.ScoreFn | None = None,
+              scale: float | None = None,
+              mask: jax.Array | None = None,
+              bias: jax.Array | None = None,
+              valid_lens: jax.Array | None = None,
+              is_causal: bool = False,
+              dropout_rate: float = 0.0,
+              dropout_rng: jax.Array | None = None,
+              return_weights: bool = False,
+              implementation: Implementation | None = None):
+  """Attention in three stages: score, masked softmax, weighted pooling.
+
+  Args:
+    q: [..., q_len, d_k] queries (leading axes e.g. [batch, heads]).
+    k: [..., kv_len, d_k] keys.
+    v: [..., kv_len, d_v] values.
+    score_fn: `(q, k) -> [..., q_len, kv_len]`; default scaled dot product
+      (see `scoring`; bind parameters with functools.partial).
+    scale: score scale for the default scorer (default 1/sqrt(d_k)).
+    mask: bool, broadcastable to [..., q_len, kv_len]; True = may attend.
+    bias: additive bias broadcastable to [..., q_len, kv_len] (e.g. relative positions).
+    valid_lens: [batch] or [batch, q_len] number of valid keys (padding mask).
+    is_causal: block keys after the query position (aligned at the end when kv_len > q_len).
+    dropout_rate: dropout on the attention weights; needs `dropout_rng` when > 0.
+    dropout_rng: PRNG key for dropout.
+    return_weights: also return the weights [..., q_len, kv_len] (before dropout).
+    implementation: None (pick automatically), 'reference' (the three stages in
+      jnp; any scorer, exact zeros for blocked keys) or 'xla'
+      (`jax.nn.dot_product_attention`; default scorer only, no dropout).
+  Returns:
+    out [..., q_len, d_v] in q's dtype, or (out, weights) if `return_weights`.
+    Rows with no valid key output zeros on the reference path.
+  """
+  fn = "attention"
+  shape = _check_qkv(fn, q, k, v, custom_scorer=score_fn is not None)
+  if mask is not None:
+    C.check_broadcastable(fn, "mask", mask, shape, "a bool mask [..., q_len, kv_len]")
+  if bias is not None:
+    C.check_broadcastable(fn, "bias", bias, shape, "an additive bias [..., q_len, kv_len]")
+  if implementation is not None and implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"attention(): argument 'implementation' must be None or one of "
+                     f"{IMPLEMENTATIONS}, got {implementation!r}.")
+  if is_causal:
+    mask = M.combine_masks(mask, M.causal_mask(shape[-2], shape[-1], offset=shape[-1] - shape[-2]))
+  fast_ok = score_fn is None and dropout_rate == 0.0 and not return_weights
+  if implementation is None:
+    implementation = "reference"
+  if implementation == "xla":
+    if not fast_ok:
+      raise ValueError("attention(): implementation='xla' supports only the default scorer, "
+                       "no dropout and return_weights=False; use implementation='reference'.")
+    return _xla_attention(q, k, v, shape, scale, mask, bias, valid_lens)
+
+  if score_fn is None:
+    score_fn = functools.partial(S.scaled_dot_product_scores, scale=scale)
+  scores = score_fn(q, k)
+  weights = M.masked_softmax(scores, valid_lens=valid_lens, mask=mask, bias=bias)
+  dropped = dropout(weights, dropout_rate, dropout_rng)
+  out = attention_pool(dropped, v).astype(q.dtype)
+  return (out, weights) if return_weights else out
+
+
+def _xla_attention(q, k, v, shape, scale, mask, bias, valid_lens):
+  """`jax.nn.dot_product_attention` on our [..., len, dim] layout."""
+  lead = shape[:-2]
+  if valid_lens is not None:
+    mask = M.combine_masks(mask, M.valid_lens_mask(valid_lens, shape, "attention"))
+
+  def to_btnh(x):  # [..., T, D] -> [B, T, 1, D] with all leading axes flattened into B
+    x = jnp.broadcast_to(x, lead + x.shape[-2:]).reshape((-1,) + x.shape[-2:])
+    return x[:, :, None, :]
+
+  def to_bnts(x):  # [..., Q, K] -> [B, 1, Q, K]
+    return None if x is None else jnp.broadcast_to(x, shape).reshape((-1, 1) + shape[-2:])
+
+  out = jax.nn.dot_product_attention(
+      to_btnh(q), to_btnh(k), to_btnh(v), bias=to_bnts(bias), mask=to_bnts(mask),
+      scale=scale, implementation="xla")
+  return out[:, :, 0, :].reshape(lead + out.shape[1:2] + out.shape[-1:])
+
+
+def nadaraya_watson(x_query: jax.Array, x_keys: jax.Array, y_values: jax.Array,
+                    bandwidth: float = 1.0, return_weights: bool = False):
+  """Nadaraya-Watson kernel regression as attention with Gaussian-kernel scores.
+
+  `f(x) = sum_i softmax_i(-||x - x_i||^2 / (2 bandwidth^2)) y_i`.
+
+  Args:
+    x_query: [..., n_query, d] locations to predict at.
+    x_keys: [..., n_train, d] training inputs.
+    y_values: [..., n_train, d_y] training targets.
+    bandwidth: kernel width (> 0); small widths return the nearest key's value.
+  Returns:
+    [..., n_query, d_y] predictions, or (predictions, weights [..., n_query, n_train]).
+  """
+  return attention(x_query, x_keys, y_values,
+                   score_fn=functools.partial(S.gaussian_kernel_scores, bandwidth=bandwidth),
+                   return_weights=return_weights, implementation="reference")
+
+
+def simple_self_attention(x: jax.Array, return_weights: bool = False):
+  """Parameter-free self-attention `softmax(X X^T) X` (no scaling, no projections).
+
+  Permutation-equivariant: permuting the tokens of `x` permutes the output rows.
+
+  Args:
+    x: [..., len, d] token vectors.
+  Returns:
+    [..., len, d], or (out, weights [..., len, len]).
+  """
+  C.check_rank("simple_self_attention", "x", x, "[..., len, d]", min_rank=2)
+  return attention(x, x, x, score_fn=S.dot_product_scores, return_weights=return_weights,
+                   implementation="reference")
+
+
+def projected_self_attention(x: jax.Array, w_q: jax.Array, w_k: jax.Array, w_v: jax.Array,
+                             scale: float | None = None, mask: jax.Array | None = None,
+                             return_weights: bool = False):
+  """Self-attention with projections: `softmax((X W_q)(X W_k)^T * scale) (X W_v)`.
+
+  Args:
+    x: [..., len, d_model] tokens.
+    w_q: [d_model, d_k]; w_k: [d_model, d_k]; w_v: [d_model, d_v].
+    scale: default 1/sqrt(d_k).
+    mask: optional bool [..., len, len].
+  Returns:
+    [..., len, d_v], or (out, weights [..., len, len]).
+  """
+  fn = "projected_self_attention"
+  C.check_rank(fn, "x", x, "[..., len, d_model]", min_rank=2)
+  d = x.shape[-1]
+  for name, w in (("w_q", w_q), ("w_k", w_k), ("w_v", w_v)):
+    C.check_rank(fn, name, w, f"[d_model={d}, features]", rank=2)
+    C.check_axis(fn, name, w, 0, d, f"[d_model={d}, features]")
+  return attention(x @ w_q, x @ w_k, x @ w_v, scale=scale, mask=mask,
+                   return_weights=return_weights)

@@ -1,0 +1,143 @@
+"""Multi-head attention as a pure function of a plain parameter pytree.
+
+Parameters (see `init_multi_head_params`)::
+
+    {'W_q': [d_q, heads * head_dim],  'b_q': [heads * head_dim],
+     'W_k': [d_k, heads * head_dim],  'b_k': [heads * head_dim],
+     'W_v': [d_v, heads * v_head_dim], 'b_v': [heads * v_head_dim],
+     'W_o': [heads * v_head_dim, d_out], 'b_o': [d_out]}
+
+Biases are optional (absent keys mean no bias). Query, key and value inputs may
+all have different widths, as with torch's `MultiheadAttention(kdim=, vdim=)`.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from attn_jax.functional import _checks as C
+from attn_jax.functional import core as A
+
+Params = dict[str, jax.Array]
+
+
+def split_heads(x: jax.Array, num_heads: int) -> jax.Array:
+  """[..., len, heads * head_dim] -> [..., heads, len, head_dim]."""
+  C.check_rank("split_heads", "x", x, "[..., len, heads * head_dim]", min_rank=2)
+  if x.shape[-1] % num_heads:
+    C.fail("split_heads", "x", x,
+           f"[..., len, features] with features divisible by num_heads={num_heads}")
+  x = x.reshape(x.shape[:-1] + (num_heads, x.shape[-1] // num_heads))
+  return jnp.swapaxes(x, -2, -3)
+
+
+def merge_heads(x: jax.Array) -> jax.Array:
+  """[..., heads, len, head_dim] -> [..., len, heads * head_dim]."""
+  C.check_rank("merge_heads", "x", x, "[..., heads, len, head_dim]", min_rank=3)
+  x = jnp.swapaxes(x, -2, -3)
+  return x.reshape(x.shape[:-2] + (x.shape[-2] * x.shape[-1],))
+
+
+def linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
+  """`x @ w + b`. x: [..., d_in], w: [d_in, d_out], b: [d_out] -> [..., d_out]."""
+  y = x @ w
+  return y if b is None else y + b
+
+
+def init_multi_head_params(key: jax.Array, d_q: int, num_heads: int, head_dim: int, *,
+                           d_k: int | None = None, d_v: int | None = None,
+                           v_head_dim: int | None = None, d_out: int | None = None,
+                           use_bias: bool = True, dtype=jnp.float32) -> Params:
+  """Glorot-uniform weights and zero biases for `multi_head_attention`.
+
+  Args:
+    d_q, d_k, d_v: widths of the query, key and value inputs (d_k, d_v default to d_q).
+    num_heads, head_dim: heads and per-head query/key width.
+    v_head_dim: per-head value width (default head_dim).
+    d_out: output width (default d_q).
+  """
+  d_k = d_q if d_k is None else d_k
+  d_v = d_k if d_v is None else d_v
+  v_head_dim = head_dim if v_head_dim is None else v_head_dim
+  d_out = d_q if d_out is None else d_out
+  glorot = jax.nn.initializers.glorot_uniform()
+  keys = jax.random.split(key, 4)
+  shapes = {"q": (d_q, num_heads * head_dim), "k": (d_k, num_heads * head_dim),
+            "v": (d_v, num_heads * v_head_dim), "o": (num_heads * v_head_dim, d_out)}
+  params = {}
+  for kk, (name, shape) in zip(keys, shapes.items()):
+    params[f"W_{name}"] = glorot(kk, shape, dtype)
+    if use_bias:
+      params[f"b_{name}"] = jnp.zeros((shape[1],), dtype)
+  return params
+
+
+def _check_params(fn: str, params: Params, x_q, x_k, x_v, num_heads: int) -> None:
+  for name in ("W_q", "W_k", "W_v", "W_o"):
+    if name not in params:
+      raise KeyError(f"{fn}(): 'params' has no '{name}' (keys: {sorted(params)}).")
+  for name, x in (("W_q", x_q), ("W_k", x_k), ("W_v", x_v)):
+    w = params[name]
+    C.check_rank(fn, f"params['{name}']", w, "[d_in, heads * head_dim]", rank=2)
+    C.check_axis(fn, f"params['{name}']", w, 0, x.shape[-1],
+                 f"[d_in={x.shape[-1]}, heads * head_dim] matching the input's last axis")
+    if w.shape[1] % num_heads:
+      C.fail(fn, f"params['{name}']", w, f"[d_in, features] with features divisible by "
+             f"num_heads={num_heads}")
+  if params["W_q"].shape[1] != params["W_k"].shape[1]:
+    C.fail(fn, "params['W_k']", params["W_k"],
+           f"[d_k, {params['W_q'].shape[1]}] (same features as params['W_q'])")
+  C.check_axis(fn, "params['W_o']", params["W_o"], 0, params["W_v"].shape[1],
+               f"[{params['W_v'].shape[1]}, d_out] (rows = features of params['W_v'])")
+
+
+def multi_head_attention(params: Params, x_q: jax.Array, x_kv: jax.Array, num_heads: int, *,
+                         x_v: jax.Array | None = None,
+                         mask: jax.Array | None = None,
+                         bias: jax.Array | None = None,
+                         valid_lens: jax.Array | None = None,
+                         is_causal: bool = False,
+                         dropout_rate: float = 0.0,
+                         dropout_rng: jax.Array | None = None,
+                         return_weights: bool = False,
+                         implementation: A.Implementation | None = None):
+  """Multi-head attention: project, split heads, attend, merge heads, project out.
+
+  Args:
+    params: see the module docstring / `init_multi_head_params`.
+    x_q: [batch, q_len, d_q] query tokens.
+    x_kv: [batch, kv_len, d_k] key tokens (also the values unless `x_v` is given).
+      Pass `x_q` for self-attention.
+    num_heads: number of heads.
+    x_v: optional [batch, kv_len, d_v] value tokens.
+    mask: bool broadcastable to [batch, heads, q_len, kv_len] (e.g. `[batch, 1, 1, kv_len]`).
+    bias: additive, broadcastable to [batch, heads, q_len, kv_len].
+    valid_lens: [batch] or [batch, q_len] valid key counts.
+    is_causal, dropout_rate, dropout_rng, implementation: as in `attention`.
+    return_weights: also return weights [batch, heads, q_len, kv_len].
+  Returns:
+    [batch, q_len, d_out], or (out, weights).
+  """
+  fn = "multi_head_attention"
+  x_v = x_kv if x_v is None else x_v
+  C.check_rank(fn, "x_q", x_q, "[batch, q_len, d_q]", min_rank=2)
+  C.check_rank(fn, "x_kv", x_kv, "[batch, kv_len, d_k]", min_rank=2)
+  C.check_axis(fn, "x_v", x_v, -2, x_kv.shape[-2],
+               f"[batch, kv_len={x_kv.shape[-2]}, d_v] (same length as 'x_kv')")
+  _check_params(fn, params, x_q, x_kv, x_v, num_heads)
+  q = split_heads(linear(x_q, params["W_q"], params.get("b_q")), num_heads)
+  k = split_heads(linear(x_kv, params["W_k"], params.get("b_k")), num_heads)
+  v = split_heads(linear(x_v, params["W_v"], params.get("b_v")), num_heads)
+  res = A.attention(q, k, v, mask=mask, bias=bias, valid_lens=valid_lens, is_causal=is_causal,
+                    dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                    return_weights=return_weights, implementation=implementation)
+  out, weights = res if return_weights else (res, None)
+  out = linear(merge_heads(out), params["W_o"], params.get("b_o"))
+  return (out, weights) if return_weights else out
+
+
+def head_dim_scale(head_dim: int) -> float:
+  """The default score scale 1/sqrt(head_dim)."""
+  return 1.0 / math.sqrt(head_dim)

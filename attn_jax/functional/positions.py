@@ -1,0 +1,75 @@
+"""Position encodings: sinusoidal 1-D, sin-cos 2-D, rotary (RoPE)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from attn_jax.functional import _checks as C
+
+
+def sinusoidal_positions(length: int, dim: int, base: float = 10000.0,
+                         dtype=jnp.float32) -> jax.Array:
+  """Sinusoidal encodings of Vaswani et al.: `P[p, 2i] = sin(p / base^(2i/dim))`, `P[p, 2i+1] = cos(...)`.
+
+  Returns:
+    [length, dim] (dim must be even).
+  """
+  if dim % 2:
+    raise ValueError(f"sinusoidal_positions(): argument 'dim' must be even, got {dim}.")
+  pos = jnp.arange(length, dtype=jnp.float32)[:, None]
+  inv = base ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)  # [dim/2]
+  ang = pos * inv
+  out = jnp.stack([jnp.sin(ang), jnp.cos(ang)], axis=-1).reshape(length, dim)
+  return out.astype(dtype)
+
+
+def sincos_2d_positions(height: int, width: int, dim: int, temperature: float = 10000.0,
+                        dtype=jnp.float32) -> jax.Array:
+  """2-D sin-cos encodings for an image grid (as in MoCo v3 / big_vision).
+
+  A quarter of the channels each hold sin(x), cos(x), sin(y), cos(y).
+
+  Returns:
+    [height * width, dim] in row-major (y, x) order; dim must be divisible by 4.
+  """
+  if dim % 4:
+    raise ValueError(f"sincos_2d_positions(): argument 'dim' must be divisible by 4, got {dim}.")
+  y, x = jnp.mgrid[:height, :width]
+  omega = 1.0 / temperature ** (jnp.arange(dim // 4, dtype=jnp.float32) / (dim // 4))
+  ya = y.reshape(-1, 1).astype(jnp.float32) * omega
+  xa = x.reshape(-1, 1).astype(jnp.float32) * omega
+  out = jnp.concatenate([jnp.sin(xa), jnp.cos(xa), jnp.sin(ya), jnp.cos(ya)], axis=1)
+  return out.astype(dtype)
+
+
+def rotary_angles(positions: jax.Array, dim: int, base: float = 10000.0) -> jax.Array:
+  """Rotation angles `positions[..., None] * base^(-2i/dim)`: [..., dim // 2]."""
+  inv = base ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
+  return jnp.asarray(positions, jnp.float32)[..., None] * inv
+
+
+def apply_rotary(x: jax.Array, positions: jax.Array | None = None,
+                 base: float = 10000.0) -> jax.Array:
+  """Rotary position embedding (RoPE), "rotate-half" convention (GPT-NeoX, LLaMA).
+
+  Channel i is paired with channel i + dim/2 and the pair is rotated by angle
+  `pos * base^(-2i/dim)`, so that `<rope(q, m), rope(k, n)>` depends on m - n only.
+
+  Args:
+    x: [..., len, dim] queries or keys (dim even).
+    positions: [len] or broadcastable to x.shape[:-1]; default arange(len).
+  Returns:
+    [..., len, dim] in x's dtype.
+  """
+  C.check_rank("apply_rotary", "x", x, "[..., len, dim]", min_rank=2)
+  dim = x.shape[-1]
+  if dim % 2:
+    C.fail("apply_rotary", "x", x, "[..., len, dim] with an even dim")
+  if positions is None:
+    positions = jnp.arange(x.shape[-2])
+  ang = rotary_angles(positions, dim, base)          # [..., len, dim/2]
+  cos, sin = jnp.cos(ang), jnp.sin(ang)
+  xf = x.astype(jnp.float32)
+  x1, x2 = xf[..., : dim // 2], xf[..., dim // 2:]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
