@@ -13,7 +13,8 @@ from attn_jax.functional.masks import (NEG_INF, bias_to_mask, causal_mask, combi
                                        make_attention_mask, mask_to_bias, masked_softmax,
                                        padding_mask, sequence_mask, valid_lens_mask)
 from attn_jax.functional.multihead import (head_dim_scale, init_multi_head_params, linear,
-                                           merge_heads, multi_head_attention, split_heads)
+                                           merge_heads, multi_head_attention, project_heads,
+                                           project_out, split_heads)
 from attn_jax.functional.positions import (apply_rotary, rotary_angles, sincos_2d_positions,
                                            sinusoidal_positions)
 from attn_jax.functional.scoring import (additive_scores, cosine_scores, dot_product_scores,

@@ -46,6 +46,16 @@ def linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
   return y if b is None else y + b
 
 
+def project_heads(x: jax.Array, w: jax.Array, b: jax.Array | None, num_heads: int) -> jax.Array:
+  """Input projection then head split: [..., len, d_in] -> [..., heads, len, features/heads]."""
+  return split_heads(linear(x, w, b), num_heads)
+
+
+def project_out(o: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
+  """Head merge then output projection: [..., heads, len, d_head] -> [..., len, d_out]."""
+  return linear(merge_heads(o), w, b)
+
+
 def init_multi_head_params(key: jax.Array, d_q: int, num_heads: int, head_dim: int, *,
                            d_k: int | None = None, d_v: int | None = None,
                            v_head_dim: int | None = None, d_out: int | None = None,
@@ -127,14 +137,14 @@ def multi_head_attention(params: Params, x_q: jax.Array, x_kv: jax.Array, num_he
   C.check_axis(fn, "x_v", x_v, -2, x_kv.shape[-2],
                f"[batch, kv_len={x_kv.shape[-2]}, d_v] (same length as 'x_kv')")
   _check_params(fn, params, x_q, x_kv, x_v, num_heads)
-  q = split_heads(linear(x_q, params["W_q"], params.get("b_q")), num_heads)
-  k = split_heads(linear(x_kv, params["W_k"], params.get("b_k")), num_heads)
-  v = split_heads(linear(x_v, params["W_v"], params.get("b_v")), num_heads)
+  q = project_heads(x_q, params["W_q"], params.get("b_q"), num_heads)
+  k = project_heads(x_kv, params["W_k"], params.get("b_k"), num_heads)
+  v = project_heads(x_v, params["W_v"], params.get("b_v"), num_heads)
   res = A.attention(q, k, v, mask=mask, bias=bias, valid_lens=valid_lens, is_causal=is_causal,
                     dropout_rate=dropout_rate, dropout_rng=dropout_rng,
                     return_weights=return_weights, implementation=implementation)
   out, weights = res if return_weights else (res, None)
-  out = linear(merge_heads(out), params["W_o"], params.get("b_o"))
+  out = project_out(out, params["W_o"], params.get("b_o"))
   return (out, weights) if return_weights else out
 
 

@@ -1,0 +1,164 @@
+"""Flax multi-head attention built from `attn_jax.functional`.
+
+The parameters are the same plain pytree that `F.multi_head_attention` takes
+(`W_q, W_k, W_v, W_o` and biases `b_*`), so weights move freely between the
+module and the pure function.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attn_jax import functional as F
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention (self or cross) with dropout and an autoregressive cache.
+
+  Attributes:
+    num_heads: number of heads.
+    qkv_features: total query/key width (default: the query input width).
+    v_features: total value width (default: qkv_features).
+    out_features: output width (default: the query input width).
+    dropout_rate: dropout on the attention weights (active when not deterministic).
+    use_bias: biases on the four projections.
+    decode: keep a key/value cache for incremental self-attention decoding. Initialise
+      with a full-length input (`init` with `[batch, max_len, d]`) so the cache has
+      `max_len` slots; then call with one (or a few) new tokens at a time.
+    sow_weights: store the attention weights [batch, heads, q_len, kv_len] in the
+      'intermediates' collection under 'attention_weights' (forces the reference path).
+    implementation: passed to `F.attention`.
+    dtype: computation dtype (e.g. bfloat16); params are kept in param_dtype.
+  """
+  num_heads: int
+  qkv_features: int | None = None
+  v_features: int | None = None
+  out_features: int | None = None
+  dropout_rate: float = 0.0
+  use_bias: bool = True
+  decode: bool = False
+  sow_weights: bool = False
+  implementation: str | None = None
+  kernel_init: Any = nn.initializers.xavier_uniform()
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  def _params(self, d_q: int, d_k: int, d_v: int) -> dict[str, jax.Array]:
+    qk = self.qkv_features or d_q
+    vf = self.v_features or qk
+    out = self.out_features or d_q
+    for name, feats in (("qkv_features", qk), ("v_features", vf)):
+      if feats % self.num_heads:
+        raise ValueError(f"MultiHeadAttention: {name}={feats} is not divisible by "
+                         f"num_heads={self.num_heads}.")
+    shapes = {"q": (d_q, qk), "k": (d_k, qk), "v": (d_v, vf), "o": (vf, out)}
+    p = {}
+    for n, shape in shapes.items():
+      p[f"W_{n}"] = self.param(f"W_{n}", self.kernel_init, shape, self.param_dtype)
+      if self.use_bias:
+        p[f"b_{n}"] = self.param(f"b_{n}", nn.initializers.zeros_init(), shape[1:],
+                                 self.param_dtype)
+    dtype = self.dtype or jnp.result_type(self.param_dtype)
+    return jax.tree.map(lambda a: a.astype(dtype), p)
+
+  @nn.compact
+  def __call__(self, x_q: jax.Array, x_kv: jax.Array | None = None, *,
+               x_v: jax.Array | None = None,
+               mask: jax.Array | None = None, bias: jax.Array | None = None,
+               valid_lens: jax.Array | None = None, is_causal: bool = False,
+               deterministic: bool = True) -> jax.Array:
+    """Attend from `x_q` to `x_kv` (self-attention when `x_kv` is None).
+
+    Args:
+      x_q: [batch, q_len, d_q].
+      x_kv: [batch, kv_len, d_k] or None.
+      x_v: [batch, kv_len, d_v] values if they differ from x_kv.
+      mask: bool broadcastable to [batch, heads, q_len, kv_len], True = attend.
+      bias: additive, broadcastable to [batch, heads, q_len, kv_len].
+      valid_lens: [batch] or [batch, q_len] valid key counts.
+      is_causal: causal self-attention. With `decode=True` causality comes from the cache.
+      deterministic: disables dropout; otherwise the 'dropout' RNG stream is used.
+    Returns:
+      [batch, q_len, out_features].
+    """
+    x_kv = x_q if x_kv is None else x_kv
+    x_v = x_kv if x_v is None else x_v
+    p = self._params(x_q.shape[-1], x_kv.shape[-1], x_v.shape[-1])
+    dtype = p["W_q"].dtype
+    x_q, x_kv, x_v = (x.astype(dtype) for x in (x_q, x_kv, x_v))
+    h = self.num_heads
+    q = F.project_heads(x_q, p["W_q"], p.get("b_q"), h)
+    k = F.project_heads(x_kv, p["W_k"], p.get("b_k"), h)
+    v = F.project_heads(x_v, p["W_v"], p.get("b_v"), h)
+    if self.decode:
+      k, v, cache_mask = self._update_cache(k, v)
+      mask = F.combine_masks(mask, cache_mask)
+      is_causal = False
+    rate = 0.0 if deterministic else self.dropout_rate
+    rng = self.make_rng("dropout") if rate > 0 else None
+    res = F.attention(q, k, v, mask=mask, bias=bias, valid_lens=valid_lens, is_causal=is_causal,
+                      dropout_rate=rate, dropout_rng=rng, return_weights=self.sow_weights,
+                      implementation=None if self.sow_weights else self.implementation)
+    if self.sow_weights:
+      res, weights = res
+      self.sow("intermediates", "attention_weights", weights)
+    return F.project_out(res, p["W_o"], p.get("b_o"))
+
+  def _update_cache(self, k: jax.Array, v: jax.Array):
+    """Writes the new keys/values at the cache index; returns the full cache and its mask.
+
+    k, v: [batch, heads, new_len, head_dim]. Returns keys/values [batch, heads, max_len, d]
+    and a bool mask [new_len, max_len] (causal within the new tokens, nothing past them).
+    """
+    initializing = not self.has_variable("cache", "cached_key")
+    ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    idx = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    max_len = ck.value.shape[-2]
+    new_len = k.shape[-2]
+    if initializing:  # `init` call with the full-length input: ordinary causal attention
+      return k, v, F.causal_mask(new_len, max_len)
+    i = idx.value
+    zero = jnp.array(0, jnp.int32)
+    ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (zero, zero, i, zero))
+    cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (zero, zero, i, zero))
+    idx.value = i + new_len
+    mask = (jnp.arange(new_len)[:, None] + i) >= jnp.arange(max_len)[None, :]
+    return ck.value, cv.value, mask
+
+
+class AdditiveAttention(nn.Module):
+  """Bahdanau attention `v^T tanh(W_q q + W_k k)` with dropout on the weights.
+
+  Attributes:
+    hidden: width of the tanh layer.
+    dropout_rate: dropout on the weights when not deterministic.
+    sow_weights: store the weights in 'intermediates' / 'attention_weights'.
+  """
+  hidden: int
+  dropout_rate: float = 0.0
+  sow_weights: bool = False
+
+  @nn.compact
+  def __call__(self, queries: jax.Array, keys: jax.Array, values: jax.Array, *,
+               valid_lens: jax.Array | None = None, mask: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
+    """queries: [batch, q_len, d_q]; keys: [batch, kv_len, d_k]; values: [batch, kv_len, d_v]
+    -> [batch, q_len, d_v]."""
+    init = nn.initializers.xavier_uniform()
+    params = {
+        "W_q": self.param("W_q", init, (queries.shape[-1], self.hidden)),
+        "W_k": self.param("W_k", init, (keys.shape[-1], self.hidden)),
+        "v": self.param("v", nn.initializers.normal(1.0 / self.hidden ** 0.5), (self.hidden,)),
+    }
+    rate = 0.0 if deterministic else self.dropout_rate
+    out, weights = F.attention(
+        queries, keys, values, score_fn=lambda q, k: F.additive_scores(q, k, params),
+        valid_lens=valid_lens, mask=mask, dropout_rate=rate,
+        dropout_rng=self.make_rng("dropout") if rate > 0 else None, return_weights=True)
+    if self.sow_weights:
+      self.sow("intermediates", "attention_weights", weights)
+    return out

@@ -1,0 +1,2 @@
+"""seq models (see the README)."""
+__all__: list[str] = []

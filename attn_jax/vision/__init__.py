@@ -1,0 +1,2 @@
+"""vision models (see the README)."""
+__all__: list[str] = []
