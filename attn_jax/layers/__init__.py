@@ -1,4 +1,4 @@
 """Flax linen layers built from `attn_jax.functional`."""
-from attn_jax.layers.attention import AdditiveAttention, MultiHeadAttention
+from attn_jax.layers.attention import AdditiveAttention, LuongAttention, MultiHeadAttention
 
-__all__ = ["AdditiveAttention", "MultiHeadAttention"]
+__all__ = ["AdditiveAttention", "LuongAttention", "MultiHeadAttention"]

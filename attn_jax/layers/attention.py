@@ -6,6 +6,7 @@ module and the pure function.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -69,7 +70,7 @@ class MultiHeadAttention(nn.Module):
                x_v: jax.Array | None = None,
                mask: jax.Array | None = None, bias: jax.Array | None = None,
                valid_lens: jax.Array | None = None, is_causal: bool = False,
-               deterministic: bool = True) -> jax.Array:
+               deterministic: bool = True, return_weights: bool = False):
     """Attend from `x_q` to `x_kv` (self-attention when `x_kv` is None).
 
     Args:
@@ -81,8 +82,9 @@ class MultiHeadAttention(nn.Module):
       valid_lens: [batch] or [batch, q_len] valid key counts.
       is_causal: causal self-attention. With `decode=True` causality comes from the cache.
       deterministic: disables dropout; otherwise the 'dropout' RNG stream is used.
+      return_weights: also return the weights [batch, heads, q_len, kv_len] (reference path).
     Returns:
-      [batch, q_len, out_features].
+      [batch, q_len, out_features], or (out, weights) if `return_weights`.
     """
     x_kv = x_q if x_kv is None else x_kv
     x_v = x_kv if x_v is None else x_v
@@ -99,13 +101,17 @@ class MultiHeadAttention(nn.Module):
       is_causal = False
     rate = 0.0 if deterministic else self.dropout_rate
     rng = self.make_rng("dropout") if rate > 0 else None
+    want = self.sow_weights or return_weights
     res = F.attention(q, k, v, mask=mask, bias=bias, valid_lens=valid_lens, is_causal=is_causal,
-                      dropout_rate=rate, dropout_rng=rng, return_weights=self.sow_weights,
-                      implementation=None if self.sow_weights else self.implementation)
-    if self.sow_weights:
+                      dropout_rate=rate, dropout_rng=rng, return_weights=want,
+                      implementation=None if want else self.implementation)
+    weights = None
+    if want:
       res, weights = res
+    if self.sow_weights:
       self.sow("intermediates", "attention_weights", weights)
-    return F.project_out(res, p["W_o"], p.get("b_o"))
+    out = F.project_out(res, p["W_o"], p.get("b_o"))
+    return (out, weights) if return_weights else out
 
   def _update_cache(self, k: jax.Array, v: jax.Array):
     """Writes the new keys/values at the cache index; returns the full cache and its mask.
@@ -145,9 +151,9 @@ class AdditiveAttention(nn.Module):
   @nn.compact
   def __call__(self, queries: jax.Array, keys: jax.Array, values: jax.Array, *,
                valid_lens: jax.Array | None = None, mask: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
+               deterministic: bool = True, return_weights: bool = False):
     """queries: [batch, q_len, d_q]; keys: [batch, kv_len, d_k]; values: [batch, kv_len, d_v]
-    -> [batch, q_len, d_v]."""
+    -> [batch, q_len, d_v], or (out, weights [batch, q_len, kv_len]) if `return_weights`."""
     init = nn.initializers.xavier_uniform()
     params = {
         "W_q": self.param("W_q", init, (queries.shape[-1], self.hidden)),
@@ -161,4 +167,53 @@ class AdditiveAttention(nn.Module):
         dropout_rng=self.make_rng("dropout") if rate > 0 else None, return_weights=True)
     if self.sow_weights:
       self.sow("intermediates", "attention_weights", weights)
-    return out
+    return (out, weights) if return_weights else out
+
+
+class LuongAttention(nn.Module):
+  """Luong et al. (2015) global attention with the 'dot', 'general' or 'concat' score.
+
+  - dot: `h_t . h_s` (query and key widths must match);
+  - general: `h_t W_a . h_s` (bilinear; `W_a: [d_q, d_k]`), i.e. dot-product scores of the
+    projected query;
+  - concat: `v^T tanh(W_a [h_t; h_s])`, which equals `F.additive_scores` with `W_a` split
+    into its query and key halves.
+
+  Attributes:
+    score: 'dot' | 'general' | 'concat'.
+    hidden: width of the tanh layer for 'concat' (default: the query width).
+    sow_weights: store the weights in 'intermediates' / 'attention_weights'.
+  """
+  score: str = "general"
+  hidden: int | None = None
+  sow_weights: bool = False
+
+  @nn.compact
+  def __call__(self, queries: jax.Array, keys: jax.Array, values: jax.Array, *,
+               valid_lens: jax.Array | None = None, mask: jax.Array | None = None,
+               return_weights: bool = False):
+    """queries: [batch, q_len, d_q]; keys: [batch, kv_len, d_k]; values: [batch, kv_len, d_v]
+    -> [batch, q_len, d_v], or (out, weights [batch, q_len, kv_len]) if `return_weights`."""
+    init = nn.initializers.xavier_uniform()
+    if self.score == "dot":
+      score_fn = F.dot_product_scores
+    elif self.score == "general":
+      w_a = self.param("W_a", init, (queries.shape[-1], keys.shape[-1]))
+      queries = queries @ w_a  # (h_t W_a) . h_s: the bilinear score as a dot product
+      score_fn = F.dot_product_scores
+    elif self.score == "concat":
+      hidden = self.hidden or queries.shape[-1]
+      params = {
+          "W_q": self.param("W_q", init, (queries.shape[-1], hidden)),
+          "W_k": self.param("W_k", init, (keys.shape[-1], hidden)),
+          "v": self.param("v", nn.initializers.normal(1.0 / hidden ** 0.5), (hidden,)),
+      }
+      score_fn = functools.partial(F.additive_scores, params=params)
+    else:
+      raise ValueError(f"LuongAttention: score must be 'dot', 'general' or 'concat', "
+                       f"got {self.score!r}.")
+    out, weights = F.attention(queries, keys, values, score_fn=score_fn, valid_lens=valid_lens,
+                               mask=mask, return_weights=True)
+    if self.sow_weights:
+      self.sow("intermediates", "attention_weights", weights)
+    return (out, weights) if return_weights else out

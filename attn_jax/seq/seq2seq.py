@@ -1,0 +1,117 @@
+"""RNN encoder-decoder (Seq2Seq) with no attention, Bahdanau or Luong attention.
+
+    model = Seq2Seq(src_vocab=13, tgt_vocab=13, embed_dim=32, hidden=64, attention='bahdanau')
+    variables = model.init(key, src, tgt_in)
+    logits, state = model.apply(variables, src, tgt_in, mutable=['intermediates'])
+    state['intermediates']['cross_attention']   # ([batch, tgt_len, src_len],)
+
+Teacher forcing scans `DecoderStep` over the target with `nn.scan`; incremental
+decoding (`init_decode_state` + `decode_step`, used by `attn_jax.seq.decoding`)
+calls the very same step module one token at a time, so both paths share weights
+and agree to float precision.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attn_jax.functional import _checks as C
+from attn_jax.seq.rnn import DecoderStep, RNNEncoder, carry_from_h, zero_carry
+from attn_jax.seq.tasks import PAD
+
+
+def source_lengths(src: jax.Array, src_lens: jax.Array | None = None,
+                   pad_id: int = PAD) -> jax.Array:
+  """Valid lengths [batch]: `src_lens` if given, else the number of non-PAD tokens of src."""
+  C.check_rank("source_lengths", "src", src, "[batch, src_len] token ids", rank=2)
+  if src_lens is not None:
+    return jnp.asarray(src_lens, jnp.int32)
+  return jnp.sum(src != pad_id, axis=1).astype(jnp.int32)
+
+
+class Seq2Seq(nn.Module):
+  """RNN encoder-decoder.
+
+  Attributes:
+    src_vocab, tgt_vocab: vocabulary sizes.
+    embed_dim: embedding width (encoder and decoder).
+    hidden: recurrent units (per direction in the encoder; the decoder has `hidden`).
+    num_layers: stacked recurrent layers in the encoder and in the decoder.
+    cell: 'gru' | 'lstm'.
+    bidirectional: bidirectional encoder.
+    attention: 'none_context' | 'none_init' | 'bahdanau' | 'luong_dot' | 'luong_general' |
+      'luong_concat' (see `DecoderStep`).
+    dropout: on embeddings, between layers and before the output layer.
+    pad_id: padding id (source lengths are counted from it unless given).
+  """
+  src_vocab: int
+  tgt_vocab: int
+  embed_dim: int = 32
+  hidden: int = 64
+  num_layers: int = 1
+  cell: str = "gru"
+  bidirectional: bool = False
+  attention: str = "bahdanau"
+  dropout: float = 0.0
+  pad_id: int = PAD
+
+  def setup(self):
+    self.encoder = RNNEncoder(self.src_vocab, self.embed_dim, self.hidden, self.num_layers,
+                              self.cell, self.bidirectional, self.dropout)
+    self.decoder = DecoderStep(self.tgt_vocab, self.embed_dim, self.hidden, self.num_layers,
+                               self.cell, self.attention, self.dropout)
+    if self.attention != "none_context":
+      self.bridge = [nn.Dense(self.hidden) for _ in range(self.num_layers)]
+    if self.attention == "luong_dot" and self.bidirectional:
+      self.key_proj = nn.Dense(self.hidden, use_bias=False)  # dot needs equal widths
+
+  def encode(self, src: jax.Array, src_lens: jax.Array | None = None,
+             deterministic: bool = True) -> dict:
+    """src: [batch, src_len] -> the decoder's initial state and memory (a dict of arrays,
+    every leaf with a leading batch axis): 'dec' (carries + feed), 'memory'
+    [batch, src_len, hidden * dirs], 'keys', 'src_lens' [batch], 'context' [batch, hidden * dirs].
+    """
+    lens = source_lengths(src, src_lens, self.pad_id)
+    memory, finals = self.encoder(src, lens, deterministic)
+    batch = src.shape[0]
+    if self.attention == "none_context":
+      carry = tuple(zero_carry(self.cell, batch, self.hidden) for _ in finals)
+    else:
+      carry = tuple(carry_from_h(self.cell, jnp.tanh(b(f))) for b, f in zip(self.bridge, finals))
+    keys = self.key_proj(memory) if hasattr(self, "key_proj") else memory
+    dec = {"carry": carry, "feed": jnp.zeros((batch, self.hidden), jnp.float32)}
+    return {"dec": dec, "memory": memory, "keys": keys, "src_lens": lens, "context": finals[-1]}
+
+  def __call__(self, src: jax.Array, tgt_in: jax.Array, src_lens: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
+    """Teacher forcing. src: [batch, src_len]; tgt_in: [batch, tgt_len] (BOS first).
+
+    Returns logits [batch, tgt_len, tgt_vocab]; sows 'cross_attention' [batch, tgt_len,
+    src_len] into 'intermediates' (all zero for the 'none_*' decoders).
+    """
+    C.check_rank("Seq2Seq", "tgt_in", tgt_in, "[batch, tgt_len] token ids", rank=2)
+    st = self.encode(src, src_lens, deterministic)
+
+    def body(step, dec, token, memory, keys, lens, context):
+      return step(dec, token, memory, keys, lens, context, deterministic)
+
+    scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
+                   in_axes=(1, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                   out_axes=1)
+    _, (logits, weights) = scan(self.decoder, st["dec"], tgt_in, st["memory"], st["keys"],
+                                st["src_lens"], st["context"])
+    self.sow("intermediates", "cross_attention", weights)
+    return logits
+
+  def init_decode_state(self, src: jax.Array, max_len: int,
+                        src_lens: jax.Array | None = None) -> dict:
+    """State for `decode_step` (`max_len` is unused: an RNN needs no cache slots)."""
+    del max_len
+    return self.encode(src, src_lens)
+
+  def decode_step(self, state: dict, token: jax.Array):
+    """One step: token [batch] -> (logits [batch, tgt_vocab], state, weights [batch, src_len])."""
+    dec, (logits, weights) = self.decoder(state["dec"], token, state["memory"], state["keys"],
+                                          state["src_lens"], state["context"])
+    return logits, {**state, "dec": dec}, weights
