@@ -1,0 +1,170 @@
+"""Grain pipelines over random-access sources, with resumable batch streams.
+
+A training stream is `grain.MapDataset.source(src).seed(seed).shuffle().repeat()`
+followed by per-example preprocessing (`random_map`, whose key grain derives from
+the seed and the example index). Random access makes the batch at step `s` a pure
+function of `(seed, s)`: the iterator's whole state is the step, saved with the
+model, so a resumed run sees exactly the batches it would have seen.
+
+With several processes, global batch `s` holds rows `[s*B, (s+1)*B)` of the stream;
+process `p` of `P` reads only rows `p*B/P .. (p+1)*B/P` of it (its shard), which
+is exactly what its devices hold in the `data`-sharded global array.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Sequence
+
+import grain
+import numpy as np
+
+Example = dict[str, Any]
+Collate = Callable[[list[Example], list[Example]], dict[str, np.ndarray]]
+
+
+def stack_collate(local: list[Example], _: list[Example]) -> dict[str, np.ndarray]:
+  """Stacks fixed-shape examples: {'image': [b, h, w, c], 'label': [b]}."""
+  return {k: np.stack([ex[k] for ex in local]) for k in local[0]}
+
+
+class TrainStream:
+  """Infinite, resumable stream of this process's share of each global batch.
+
+  Args:
+    dataset: a grain MapDataset (shuffled, repeated, preprocessed) of examples.
+    global_batch: examples per step over all processes.
+    collate: (local examples, global examples or []) -> dict of arrays [local_batch, ...].
+      `needs_global` collates (text bucketing) also see the whole global batch so
+      every process pads to the same shape.
+  """
+
+  def __init__(self, dataset: grain.MapDataset, global_batch: int, collate: Collate = stack_collate,
+               *, process_index: int = 0, process_count: int = 1, needs_global: bool = False):
+    if global_batch % process_count:
+      raise ValueError(f"batch_size={global_batch} must divide evenly over {process_count} processes.")
+    self.ds, self.global_batch, self.collate = dataset, global_batch, collate
+    self.local_batch = global_batch // process_count
+    self.offset = process_index * self.local_batch
+    self.needs_global = needs_global
+    self.step = 0
+
+  def batch_at(self, step: int) -> dict[str, np.ndarray]:
+    """This process's rows of global batch `step` (a pure function of the step)."""
+    start = step * self.global_batch
+    local = [self.ds[start + self.offset + i] for i in range(self.local_batch)]
+    every = [self.ds[start + i] for i in range(self.global_batch)] if self.needs_global else []
+    return self.collate(local, every)
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = self.batch_at(self.step)
+    self.step += 1
+    return batch
+
+  def get_state(self) -> dict[str, int]:
+    return {"step": int(self.step)}
+
+  def set_state(self, state: dict[str, int]) -> None:
+    self.step = int(state["step"])
+
+
+def train_dataset(source: Sequence[Example], seed: int,
+                  preprocess: Callable[[Example, np.random.Generator], Example] | None = None
+                  ) -> grain.MapDataset:
+  """Shuffled (a new permutation every epoch), repeated, randomly preprocessed examples."""
+  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+  return ds.random_map(preprocess) if preprocess is not None else ds
+
+
+def eval_batches(source: Sequence[Example], global_batch: int, collate: Collate = stack_collate,
+                 preprocess: Callable[[Example], Example] | None = None, *,
+                 process_index: int = 0, process_count: int = 1, needs_global: bool = False,
+                 max_examples: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over `source` in order. The last global batch is padded (with copies of
+  example 0) and every batch carries `mask: [local_batch]` float32, 1 for real examples,
+  so metrics summed with the mask count every example exactly once.
+  """
+  ds = grain.MapDataset.source(source)
+  if preprocess is not None:
+    ds = ds.map(preprocess)
+  n = len(ds) if max_examples is None else min(len(ds), max_examples)
+  local_batch = global_batch // process_count
+  offset = process_index * local_batch
+  for start in range(0, n, global_batch):
+    rows = [start + offset + i for i in range(local_batch)]
+    local = [ds[r if r < n else 0] for r in rows]
+    every = ([ds[r if r < n else 0] for r in range(start, start + global_batch)]
+             if needs_global else [])
+    batch = collate(local, every)
+    batch["mask"] = np.array([r < n for r in rows], np.float32)
+    yield batch
+
+
+# ----- image preprocessing ------------------------------------------------------------------
+
+
+def image_preprocess(mean: Sequence[float], std: Sequence[float], *, crop_padding: int = 0,
+                     flip: bool = False, train: bool = True):
+  """Returns `f(example[, rng])`: random crop with zero padding, horizontal flip (train only),
+  then `(x / 255 - mean) / std` -> float32 [h, w, c]."""
+  mean = np.asarray(mean, np.float32)
+  std = np.asarray(std, np.float32)
+
+  def normalize(ex: Example) -> Example:
+    img = np.asarray(ex["image"], np.float32) / 255.0
+    return {"image": (img - mean) / std, "label": np.int32(ex["label"])}
+
+  if not train:
+    return normalize
+
+  def augment(ex: Example, rng: np.random.Generator) -> Example:
+    img = np.asarray(ex["image"])
+    if crop_padding:
+      h, w = img.shape[:2]
+      p = crop_padding
+      padded = np.pad(img, ((p, p), (p, p), (0, 0)))
+      dy, dx = rng.integers(0, 2 * p + 1, size=2)
+      img = padded[dy:dy + h, dx:dx + w]
+    if flip and rng.random() < 0.5:
+      img = img[:, ::-1]
+    return normalize({"image": img, "label": ex["label"]})
+
+  return augment
+
+
+# ----- sequence batching --------------------------------------------------------------------
+
+
+def bucket_length(n: int, buckets: Sequence[int]) -> int:
+  """The smallest bucket >= n (the largest bucket if none fits; longer rows are cut)."""
+  for b in sorted(buckets):
+    if n <= b:
+      return b
+  return max(buckets)
+
+
+def seq_collate(buckets: Sequence[int]) -> Collate:
+  """Pads token-id examples {'src': [s], 'tgt': [t]} (tgt without BOS/EOS) to a bucket shape.
+
+  Output: src [b, S] (EOS-terminated), tgt_in [b, T] (BOS + tgt), tgt_out [b, T]
+  (tgt + EOS), int32, PAD=0. S and T are the smallest buckets that fit the whole
+  global batch, so all processes agree and the step compiles once per bucket.
+  """
+  from attn_jax.data.text import BOS, EOS
+
+  def collate(local: list[Example], every: list[Example]) -> dict[str, np.ndarray]:
+    ref = every or local
+    s_len = bucket_length(max(len(ex["src"]) + 1 for ex in ref), buckets)
+    t_len = bucket_length(max(len(ex["tgt"]) + 1 for ex in ref), buckets)
+    out = {k: np.zeros((len(local), n), np.int32)
+           for k, n in (("src", s_len), ("tgt_in", t_len), ("tgt_out", t_len))}
+    for i, ex in enumerate(local):
+      src = list(ex["src"])[:s_len - 1] + [EOS]
+      tgt = list(ex["tgt"])[:t_len - 1]
+      out["src"][i, :len(src)] = src
+      out["tgt_in"][i, :len(tgt) + 1] = [BOS] + tgt
+      out["tgt_out"][i, :len(tgt) + 1] = tgt + [EOS]
+    return out
+
+  return collate

@@ -1,0 +1,148 @@
+"""`config.data` -> train stream, eval batches and what the model needs to know.
+
+`config.data.source` picks the reader; everything after it (shuffle, augmentation,
+batching, process sharding) is shared:
+
+| source | reads | keys |
+|---|---|---|
+| `tfds` | `tfds.data_source(name)` (random access, no TensorFlow) | `name`, `data_dir`, `train_split`, `eval_split` |
+| `local` | IDX folder, `<split>/<class>/` image folder or tar | `path`, `train_split`, `eval_split` |
+| `multi30k` | `<path>/<split>.<lang>[.gz]` | `path`, `src_lang`, `tgt_lang` |
+| `pairs` | two aligned text files per split | `train_files`, `eval_files` ("src,tgt") |
+| `tsv` | a tab-separated file per split | `train_files`, `eval_files` |
+| `task` | a generated task of `attn_jax.seq.tasks` | `name`, `num_train`, `num_eval` |
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from attn_jax.data import images as I
+from attn_jax.data import pipeline as P
+from attn_jax.data import text as T
+
+IMAGE_SOURCES = ("tfds", "local")
+TEXT_SOURCES = ("multi30k", "pairs", "tsv", "task")
+
+
+@dataclasses.dataclass
+class Data:
+  """What the runner gets from `build`.
+
+  kind: 'image' (batches {'image': [b, h, w, c] f32, 'label': [b] i32}) or 'seq'
+    (batches {'src': [b, S], 'tgt_in': [b, T], 'tgt_out': [b, T]} i32).
+  train: this process's share of every global training batch (resumable).
+  eval_batches: `() -> iterator` over the eval split, padded + `mask` [b].
+  info: num_classes / image_shape, or src_vocab / tgt_vocab and the tokenizers.
+  """
+  kind: str
+  train: P.TrainStream
+  eval_batches: Callable[[], Iterator[dict[str, np.ndarray]]]
+  info: dict[str, Any]
+
+
+def _tfds_split(name: str, split: str, data_dir: str | None):
+  import tensorflow_datasets as tfds  # imported lazily: only the tfds source needs it
+  return tfds.data_source(name, split=split, data_dir=data_dir or None)
+
+
+def image_source(cfg, split: str) -> Sequence[dict[str, Any]]:
+  if cfg.source == "tfds":
+    return _tfds_split(cfg.name, split, cfg.get("data_dir"))
+  return I.load_local_images(cfg.path, split)
+
+
+def count_classes(src) -> int:
+  """Number of classes of an image source: its class folders, its tfds info or its labels."""
+  if getattr(src, "classes", None):
+    return len(src.classes)
+  if getattr(src, "labels", None) is not None:
+    return int(np.max(src.labels)) + 1
+  info = getattr(src, "dataset_info", None)
+  if info is not None and "label" in info.features:
+    return int(info.features["label"].num_classes)
+  return int(max(int(src[i]["label"]) for i in range(len(src)))) + 1
+
+
+def _text_pairs(cfg, split: str, files: str | None) -> list[tuple[str, str]]:
+  if cfg.source == "multi30k":
+    return T.read_pairs(*T.multi30k_files(cfg.path, split, cfg.src_lang, cfg.tgt_lang))
+  if not files:
+    raise ValueError(f"data.{'train' if split == 'train' else 'eval'}_files must be set "
+                     f"for data.source='{cfg.source}'.")
+  paths = [p.strip() for p in files.split(",")]
+  if cfg.source == "tsv":
+    return T.read_tsv(paths[0])
+  if len(paths) != 2:
+    raise ValueError(f"data.*_files for source 'pairs' must be 'src_path,tgt_path', got '{files}'.")
+  return T.read_pairs(*paths)
+
+
+def task_examples(name: str, n: int, seed: int):
+  """A generated task of `attn_jax.seq.tasks` -> ([{'src': ids, 'tgt': ids}], vocab).
+
+  The task's PAD is stripped and its EOS dropped from tgt (the collate adds BOS/EOS).
+  """
+  from attn_jax.seq import tasks
+  src, tgt, vocab = tasks.get_task(name, n, seed)
+  examples = []
+  for s, t in zip(src, tgt):
+    t = t[t != T.PAD]
+    examples.append({"src": s[s != T.PAD], "tgt": t[:-1] if len(t) and t[-1] == T.EOS else t})
+  return examples, vocab
+
+
+def build(config, process_index: int = 0, process_count: int = 1) -> Data:
+  """Builds the data of `config` for process `process_index` of `process_count`."""
+  cfg, seed = config.data, config.seed
+  shard = dict(process_index=process_index, process_count=process_count)
+  if cfg.source in IMAGE_SOURCES:
+    train_src = image_source(cfg, cfg.train_split)
+    eval_src = image_source(cfg, cfg.eval_split)
+    first = np.asarray(train_src[0]["image"])
+    shape = first.shape if first.ndim == 3 else first.shape + (1,)
+    mean = list(cfg.mean) if cfg.mean else [0.5] * shape[-1]
+    std = list(cfg.std) if cfg.std else [0.5] * shape[-1]
+    aug = P.image_preprocess(mean, std, crop_padding=cfg.crop_padding, flip=cfg.flip)
+    plain = P.image_preprocess(mean, std, train=False)
+    train = P.TrainStream(P.train_dataset(train_src, seed, aug), config.batch_size, **shard)
+    num_classes = cfg.num_classes or count_classes(train_src)
+    info = {"num_classes": num_classes, "image_shape": shape, "num_train": len(train_src),
+            "num_eval": len(eval_src)}
+    eval_fn = lambda: P.eval_batches(eval_src, config.eval_batch_size, preprocess=plain,
+                                     max_examples=cfg.max_eval_examples or None, **shard)
+    return Data("image", train, eval_fn, info)
+
+  if cfg.source not in TEXT_SOURCES:
+    raise ValueError(f"data.source must be one of {IMAGE_SOURCES + TEXT_SOURCES}, got '{cfg.source}'.")
+  if cfg.source == "task":
+    train_ex, vocab = task_examples(cfg.name, cfg.num_train, seed)
+    # A different seed stream for eval; the generator may repeat a few training examples.
+    eval_ex, _ = task_examples(cfg.name, cfg.num_eval, seed + 1_000_003)
+    src_tok = tgt_tok = vocab
+    sizes = (vocab.size, vocab.size)
+  else:
+    train_pairs = _text_pairs(cfg, cfg.train_split, cfg.get("train_files"))
+    eval_pairs = _text_pairs(cfg, cfg.eval_split, cfg.get("eval_files"))
+    # Tokenizers are fitted on the training split only.
+    src_tok = T.fit_tokenizer(cfg.tokenizer, [s for s, _ in train_pairs], min_freq=cfg.min_freq,
+                              vocab_size=cfg.vocab_size)
+    tgt_tok = T.fit_tokenizer(cfg.tokenizer, [t for _, t in train_pairs], min_freq=cfg.min_freq,
+                              vocab_size=cfg.vocab_size)
+    sizes = (src_tok.vocab_size, tgt_tok.vocab_size)
+
+    def encode(pairs):
+      return [{"src": np.array(src_tok.encode(s), np.int32),
+               "tgt": np.array(tgt_tok.encode(t), np.int32)} for s, t in pairs]
+
+    train_ex, eval_ex = encode(train_pairs), encode(eval_pairs)
+  collate = P.seq_collate(cfg.buckets)
+  train = P.TrainStream(P.train_dataset(train_ex, seed), config.batch_size, collate,
+                        needs_global=True, **shard)
+  eval_fn = lambda: P.eval_batches(eval_ex, config.eval_batch_size, collate, needs_global=True,
+                                   max_examples=cfg.max_eval_examples or None, **shard)
+  info = {"src_vocab": sizes[0], "tgt_vocab": sizes[1], "src_tokenizer": src_tok,
+          "tgt_tokenizer": tgt_tok, "num_train": len(train_ex), "num_eval": len(eval_ex)}
+  return Data("seq", train, eval_fn, info)

@@ -1,0 +1,145 @@
+"""Text pairs (two aligned files, a TSV, Multi30k) and tokenizers.
+
+Token ids follow the sequence models: PAD=0, BOS=1, EOS=2, UNK=3. Tokenizers are
+fitted on the training split only. Readers check what they read: a missing file,
+unequal line counts or a non-UTF-8 line raise `DataError` naming file and line.
+"""
+from __future__ import annotations
+
+import collections
+import gzip
+import io
+import os
+import re
+from typing import Iterable, Sequence
+
+from attn_jax.data.images import DataError
+
+PAD, BOS, EOS, UNK = 0, 1, 2, 3
+SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
+
+
+def read_lines(path: str) -> list[str]:
+  """Lines of a text file (raw or .gz), stripped of the newline; UTF-8 checked per line."""
+  if not os.path.exists(path):
+    raise DataError(f"{path}: file not found.")
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    raw = f.read()
+  lines = []
+  for n, line in enumerate(raw.split(b"\n"), start=1):
+    try:
+      lines.append(line.decode("utf-8").rstrip("\r"))
+    except UnicodeDecodeError as e:
+      raise DataError(f"{path}: line {n} is not UTF-8 ({e.reason} at byte {e.start}).") from e
+  if lines and lines[-1] == "":
+    lines.pop()
+  return lines
+
+
+def read_pairs(src_path: str, tgt_path: str) -> list[tuple[str, str]]:
+  """Two aligned files, one sentence a line -> [(src, tgt)]; counts must match."""
+  src, tgt = read_lines(src_path), read_lines(tgt_path)
+  if len(src) != len(tgt):
+    raise DataError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: "
+                    f"first unpaired line is {min(len(src), len(tgt)) + 1}.")
+  return list(zip(src, tgt))
+
+
+def read_tsv(path: str, src_col: int = 0, tgt_col: int = 1) -> list[tuple[str, str]]:
+  """A tab-separated file -> [(src, tgt)] from two columns."""
+  pairs = []
+  for n, line in enumerate(read_lines(path), start=1):
+    cols = line.split("\t")
+    if len(cols) <= max(src_col, tgt_col):
+      raise DataError(f"{path}: line {n} has {len(cols)} columns; need column {max(src_col, tgt_col)}.")
+    pairs.append((cols[src_col], cols[tgt_col]))
+  return pairs
+
+
+def multi30k_files(root: str, split: str, src_lang: str, tgt_lang: str) -> tuple[str, str]:
+  """Paths of a Multi30k split (`train`, `val`, `test_2016_flickr`), .gz or not."""
+  out = []
+  for lang in (src_lang, tgt_lang):
+    base = os.path.join(root, f"{split}.{lang}")
+    out.append(base + ".gz" if os.path.exists(base + ".gz") else base)
+  return out[0], out[1]
+
+
+_WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+class WordTokenizer:
+  """Lower-cased word/punctuation tokens; words seen fewer than `min_freq` times -> UNK."""
+
+  def __init__(self, vocab: Sequence[str]):
+    self.itos = list(vocab)
+    self.stoi = {w: i for i, w in enumerate(self.itos)}
+
+  @staticmethod
+  def split(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+  @classmethod
+  def fit(cls, texts: Iterable[str], min_freq: int = 2, max_size: int | None = None):
+    counts = collections.Counter(w for t in texts for w in cls.split(t))
+    words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
+    return cls(list(SPECIALS) + words[:max_size])
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.itos)
+
+  def encode(self, text: str) -> list[int]:
+    return [self.stoi.get(w, UNK) for w in self.split(text)]
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Ids -> text; stops at the first EOS and drops PAD and BOS."""
+    return " ".join(self.itos[i] for i in _until_eos(ids) if i != PAD and i != BOS)
+
+
+class SentencePieceTokenizer:
+  """A sentencepiece unigram/BPE model trained in memory on the training texts."""
+
+  def __init__(self, model_proto: bytes):
+    import sentencepiece as spm
+    self.proto = model_proto
+    self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+
+  @classmethod
+  def fit(cls, texts: Iterable[str], vocab_size: int = 8000, model_type: str = "unigram"):
+    import sentencepiece as spm
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(list(texts)), model_writer=buf, vocab_size=vocab_size,
+        model_type=model_type, pad_id=PAD, bos_id=BOS, eos_id=EOS, unk_id=UNK,
+        hard_vocab_limit=False, character_coverage=1.0, minloglevel=2)
+    return cls(buf.getvalue())
+
+  @property
+  def vocab_size(self) -> int:
+    return self.sp.get_piece_size()
+
+  def encode(self, text: str) -> list[int]:
+    return list(self.sp.encode(text))
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self.sp.decode([i for i in _until_eos(ids) if i != PAD and i != BOS])
+
+
+def _until_eos(ids: Iterable[int]) -> list[int]:
+  out = []
+  for i in ids:
+    if int(i) == EOS:
+      break
+    out.append(int(i))
+  return out
+
+
+def fit_tokenizer(kind: str, texts: Sequence[str], *, min_freq: int = 2, vocab_size: int = 8000):
+  """`kind` in {'word', 'sentencepiece'}; fit on training texts only."""
+  if kind == "word":
+    return WordTokenizer.fit(texts, min_freq=min_freq)
+  if kind == "sentencepiece":
+    return SentencePieceTokenizer.fit(texts, vocab_size=vocab_size)
+  raise ValueError(f"data.tokenizer must be 'word' or 'sentencepiece', got '{kind}'.")
