@@ -20,5 +20,18 @@ from attn_jax.functional.positions import (apply_rotary, rotary_angles, sincos_2
 from attn_jax.functional.scoring import (additive_scores, cosine_scores, dot_product_scores,
                                          gaussian_kernel_scores, init_additive_params,
                                          scaled_dot_product_scores)
+# vision: patches, Swin windows, STN sampling
+from attn_jax.functional.patches import (image_to_patches, patches_to_image,
+                                         resample_grid_embeddings)
+from attn_jax.functional.sampling import affine_grid, grid_sample, identity_theta
+from attn_jax.functional.windows import (cyclic_shift, pad_to_window, relative_position_bias,
+                                         relative_position_index, reverse_cyclic_shift,
+                                         shifted_window_mask, window_padding_mask,
+                                         window_partition, window_reverse)
+# performance: blockwise (flash) attention and backend selection
+from attn_jax.functional.backends import cudnn_supported, select_implementation
+from attn_jax.functional.blockwise import blockwise_attention
+
+from attn_jax.functional.rollout import attention_rollout
 
 __all__ = [n for n in dir() if not n.startswith("_")]

@@ -14,11 +14,13 @@ import jax
 import jax.numpy as jnp
 
 from attn_jax.functional import _checks as C
+from attn_jax.functional import backends as Bk
+from attn_jax.functional import blockwise as Bw
 from attn_jax.functional import masks as M
 from attn_jax.functional import scoring as S
 
-Implementation = Literal["reference", "xla"]
-IMPLEMENTATIONS = ("reference", "xla")
+Implementation = Literal["reference", "blockwise", "xla", "cudnn"]
+IMPLEMENTATIONS = ("reference", "blockwise", "xla", "cudnn")
 
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
@@ -96,12 +98,15 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     dropout_rate: dropout on the attention weights; needs `dropout_rng` when > 0.
     dropout_rng: PRNG key for dropout.
     return_weights: also return the weights [..., q_len, kv_len] (before dropout).
-    implementation: None (pick automatically), 'reference' (the three stages in
-      jnp; any scorer, exact zeros for blocked keys) or 'xla'
-      (`jax.nn.dot_product_attention`; default scorer only, no dropout).
+    implementation: None (the fastest correct path for the backend and shapes,
+      see `backends.select_implementation`), 'reference' (the three stages in jnp;
+      any scorer, dropout, weights), 'blockwise' (flash-style tiles, O(N) memory,
+      see `blockwise_attention`), 'xla' or 'cudnn' (`jax.nn.dot_product_attention`;
+      'cudnn' needs a GPU and fp16/bf16). All but 'reference' take the default
+      scorer only, no dropout and return_weights=False.
   Returns:
     out [..., q_len, d_v] in q's dtype, or (out, weights) if `return_weights`.
-    Rows with no valid key output zeros on the reference path.
+    Rows with no valid key output zeros on every path.
   """
   fn = "attention"
   shape = _check_qkv(fn, q, k, v, custom_scorer=score_fn is not None)
@@ -112,17 +117,35 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   if implementation is not None and implementation not in IMPLEMENTATIONS:
     raise ValueError(f"attention(): argument 'implementation' must be None or one of "
                      f"{IMPLEMENTATIONS}, got {implementation!r}.")
-  if is_causal:
-    mask = M.combine_masks(mask, M.causal_mask(shape[-2], shape[-1], offset=shape[-1] - shape[-2]))
   fast_ok = score_fn is None and dropout_rate == 0.0 and not return_weights
   if implementation is None:
-    implementation = "reference"
-  if implementation == "xla":
+    implementation = Bk.select_implementation(
+        q, k, v, custom_scorer=score_fn is not None, dropout_rate=dropout_rate,
+        return_weights=return_weights, mask=mask, bias=bias)
+    if implementation == "cudnn":
+      try:  # cuDNN's own checks run at trace time; anything it rejects goes to XLA
+        return Bk.xla_attention(q, k, v, shape, scale=scale, mask=mask, bias=bias,
+                                valid_lens=valid_lens, is_causal=is_causal,
+                                implementation="cudnn").astype(q.dtype)
+      except (NotImplementedError, RuntimeError, ValueError):
+        implementation = "xla"
+  if implementation != "reference":
     if not fast_ok:
-      raise ValueError("attention(): implementation='xla' supports only the default scorer, "
-                       "no dropout and return_weights=False; use implementation='reference'.")
-    return _xla_attention(q, k, v, shape, scale, mask, bias, valid_lens)
+      raise ValueError(f"attention(): implementation={implementation!r} supports only the "
+                       "default scorer, no dropout and return_weights=False; use "
+                       "implementation='reference'.")
+    if implementation == "blockwise":
+      return Bw.blockwise_attention(q, k, v, scale=scale, mask=mask, bias=bias,
+                                    valid_lens=valid_lens, is_causal=is_causal)
+    if implementation == "cudnn" and jax.default_backend() != "gpu":
+      raise ValueError("attention(): implementation='cudnn' needs a GPU; use None to pick "
+                       "the fastest available path.")
+    return Bk.xla_attention(q, k, v, shape, scale=scale, mask=mask, bias=bias,
+                            valid_lens=valid_lens, is_causal=is_causal,
+                            implementation=implementation).astype(q.dtype)
 
+  if is_causal:
+    mask = M.combine_masks(mask, M.causal_mask(shape[-2], shape[-1], offset=shape[-1] - shape[-2]))
   if score_fn is None:
     score_fn = functools.partial(S.scaled_dot_product_scores, scale=scale)
   scores = score_fn(q, k)
@@ -130,25 +153,6 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   dropped = dropout(weights, dropout_rate, dropout_rng)
   out = attention_pool(dropped, v).astype(q.dtype)
   return (out, weights) if return_weights else out
-
-
-def _xla_attention(q, k, v, shape, scale, mask, bias, valid_lens):
-  """`jax.nn.dot_product_attention` on our [..., len, dim] layout."""
-  lead = shape[:-2]
-  if valid_lens is not None:
-    mask = M.combine_masks(mask, M.valid_lens_mask(valid_lens, shape, "attention"))
-
-  def to_btnh(x):  # [..., T, D] -> [B, T, 1, D] with all leading axes flattened into B
-    x = jnp.broadcast_to(x, lead + x.shape[-2:]).reshape((-1,) + x.shape[-2:])
-    return x[:, :, None, :]
-
-  def to_bnts(x):  # [..., Q, K] -> [B, 1, Q, K]
-    return None if x is None else jnp.broadcast_to(x, shape).reshape((-1, 1) + shape[-2:])
-
-  out = jax.nn.dot_product_attention(
-      to_btnh(q), to_btnh(k), to_btnh(v), bias=to_bnts(bias), mask=to_bnts(mask),
-      scale=scale, implementation="xla")
-  return out[:, :, 0, :].reshape(lead + out.shape[1:2] + out.shape[-1:])
 
 
 def nadaraya_watson(x_query: jax.Array, x_keys: jax.Array, y_values: jax.Array,

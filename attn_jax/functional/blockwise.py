@@ -1,0 +1,332 @@
+"""Blockwise (flash-style) attention: O(N) memory in the forward and the backward pass.
+
+The forward pass tiles queries into blocks of `block_q` rows and walks the key
+blocks of `block_k` columns with an online softmax (running row max `m` and
+row sum `l`, float32 accumulators), so the `[q_len, kv_len]` score matrix is
+never materialised. It saves only the output and the per-row logsumexp.
+The backward pass (`jax.custom_vjp`, FlashAttention-2) recomputes each score
+tile from q, k and the saved logsumexp, so it is O(N) in memory as well.
+
+Causal attention skips the tiles above the diagonal (the loops do not visit
+them) and masks only the tiles that straddle it. Lengths that are not a
+multiple of the tile size are padded and the padded keys masked.
+
+Reverse mode only: the custom VJP has no JVP rule, so `jax.jvp`/`jax.jacfwd`
+need `attention(..., implementation='reference')`.
+
+Layout as `attention`: `q: [..., q_len, d_k]`, `k: [..., kv_len, d_k]`,
+`v: [..., kv_len, d_v]`, leading axes broadcast. Pure jnp/lax, no Flax.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from attn_jax.functional import _checks as C
+from attn_jax.functional import masks as M
+
+# Default tiles. XLA runs each op of a tile over all Z = batch*heads rows at once,
+# so the tile is sized by its score bytes: on CPU, interleaved runs at N = 4,096
+# and 8 heads (tile widths 128..2048) were fastest up to 2^17 scores per head
+# (512 x 256, 4 MiB of f32 scores for 8 heads) and 2-3x slower from 2^18, where
+# the tile's temporaries leave the cache. The backward pass holds four score-sized
+# temporaries, so it uses half as many query rows above BWD_TILE_SCORES.
+BLOCK_K = {"cpu": 256, "gpu": 128, "tpu": 512}
+TILE_SCORES = {"cpu": 2**20, "gpu": 2**14, "tpu": 2**18}  # Z * block_q * block_k, forward
+BWD_TILE_SCORES = 2**19
+MAX_BLOCK_Q = 1024
+
+
+class _Cfg(NamedTuple):
+  """Static configuration of one call (hashable: a nondiff argument of the custom VJP)."""
+  block_q: int
+  block_k: int
+  block_q_bwd: int  # divides block_q
+  q_len: int      # unpadded lengths
+  kv_len: int
+  causal: bool
+  scale: float
+  lead: tuple[int, ...]  # the broadcast leading axes that Z flattens
+
+
+def default_blocks(z: int, backend: str | None = None) -> tuple[int, int]:
+  """(block_q, block_k) used when none are given, for z = batch*heads rows on `backend`.
+
+  block_k is fixed per backend; block_q is the largest power of two in [64, 1024]
+  with z * block_q * block_k <= TILE_SCORES[backend].
+  """
+  backend = backend or jax.default_backend()
+  bk = BLOCK_K.get(backend, 256)
+  bq = 64
+  while bq < MAX_BLOCK_Q and z * 2 * bq * bk <= TILE_SCORES.get(backend, 2**20):
+    bq *= 2
+  return bq, bk
+
+
+def _bwd_block_q(z: int, bq: int, bk: int) -> int:
+  """Query rows per backward tile: halved (while it divides) above BWD_TILE_SCORES."""
+  while z * bq * bk > BWD_TILE_SCORES and bq % 2 == 0 and bq > 64:
+    bq //= 2
+  return bq
+
+
+def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
+                        scale: float | None = None,
+                        mask: jax.Array | None = None,
+                        bias: jax.Array | None = None,
+                        valid_lens: jax.Array | None = None,
+                        is_causal: bool = False,
+                        block_q: int | None = None,
+                        block_k: int | None = None) -> jax.Array:
+  """Scaled dot-product attention computed tile by tile (flash attention).
+
+  Same semantics as `attention(..., implementation='reference')` with the default
+  scorer: rows with no valid key output zeros (with zero gradient).
+
+  Args:
+    q: [..., q_len, d_k] queries; k: [..., kv_len, d_k]; v: [..., kv_len, d_v].
+    scale: score scale (default 1/sqrt(d_k)).
+    mask: bool, broadcastable to [..., q_len, kv_len]; True = may attend.
+    bias: additive, broadcastable to [..., q_len, kv_len]; differentiable (its
+      gradient is reduced over the axes it was broadcast along).
+    valid_lens: scalar, [batch] or [batch, q_len] number of valid keys.
+    is_causal: query i sees keys j <= i + kv_len - q_len (aligned at the end).
+    block_q, block_k: forward tile sizes (default `default_blocks`); clipped to the
+      lengths. The backward pass may use fewer query rows per tile (`BWD_TILE_SCORES`).
+  Returns:
+    [..., q_len, d_v] in q's dtype. Scores, softmax and accumulation run in float32.
+  """
+  fn = "blockwise_attention"
+  C.check_rank(fn, "q", q, "[..., q_len, d_k] (at least 2 axes)", min_rank=2)
+  C.check_rank(fn, "k", k, "[..., kv_len, d_k] (at least 2 axes)", min_rank=2)
+  C.check_rank(fn, "v", v, "[..., kv_len, d_v] (at least 2 axes)", min_rank=2)
+  C.check_axis(fn, "k", k, -1, q.shape[-1], f"[..., kv_len, d_k] with d_k={q.shape[-1]}")
+  C.check_axis(fn, "v", v, -2, k.shape[-2], f"[..., kv_len, d_v] with kv_len={k.shape[-2]}")
+  lead = tuple(jnp.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2]))
+  nq, nk = q.shape[-2], k.shape[-2]
+  shape = lead + (nq, nk)
+  for name, x in (("mask", mask), ("bias", bias)):
+    if x is not None:
+      C.check_broadcastable(fn, name, x, shape, "[..., q_len, kv_len]")
+  z = math.prod(lead)
+  dq_blk, dk_blk = default_blocks(z)
+  bq = max(1, min(block_q or dq_blk, nq))
+  bk = max(1, min(block_k or dk_blk, nk))
+  nq_p, nk_p = -(-nq // bq) * bq, -(-nk // bk) * bk
+  scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+  cfg = _Cfg(bq, bk, _bwd_block_q(z, bq, bk), nq, nk, bool(is_causal), scale, lead)
+
+  def flat(x, n_p):  # [..., n, d] -> [Z, n_p, d], zero-padded along n
+    x = jnp.broadcast_to(x, lead + x.shape[-2:]).reshape((-1,) + x.shape[-2:])
+    return jnp.pad(x, ((0, 0), (0, n_p - x.shape[1]), (0, 0)))
+
+  lens = None
+  if valid_lens is not None:
+    lens = jnp.broadcast_to(_lens_for_rows(valid_lens, shape, fn), lead + (nq,))
+    lens = jnp.minimum(lens.reshape(-1, nq), nk).astype(jnp.int32)
+  elif nk_p > nk:
+    lens = jnp.full((1, nq), nk, jnp.int32)  # masks the padded keys
+  if lens is not None:
+    lens = jnp.pad(lens, ((0, 0), (0, nq_p - nq)), constant_values=nk)
+  mask = None if mask is None else _pairwise(jnp.asarray(mask, bool), shape, nq_p, nk_p)
+  bias = None if bias is None else _pairwise(bias, shape, nq_p, nk_p)
+  out = _flash(cfg, flat(q, nq_p), flat(k, nk_p), flat(v, nk_p), mask, bias, lens)
+  return out[:, :nq].reshape(lead + (nq, v.shape[-1])).astype(q.dtype)
+
+
+def _lens_for_rows(valid_lens, shape, fn) -> jax.Array:
+  """valid_lens (scalar, [batch], [batch, q_len]) -> an array broadcastable to shape[:-1]."""
+  M.valid_lens_mask(valid_lens, shape, fn)  # validates; its result is unused (DCE'd under jit)
+  vl = jnp.asarray(valid_lens)
+  nd = len(shape)
+  if vl.ndim == 0:
+    return vl
+  if vl.ndim == 1:
+    return vl.reshape((-1,) + (1,) * (nd - 2))
+  return vl.reshape((vl.shape[0],) + (1,) * (nd - 3) + (vl.shape[1],))
+
+
+def _pairwise(x, shape, nq_p, nk_p) -> jax.Array:
+  """A mask/bias broadcastable to `shape`: full rank, padded along its non-1 q/kv axes."""
+  x = x.reshape((1,) * (len(shape) - x.ndim) + x.shape)
+  pq = nq_p - x.shape[-2] if x.shape[-2] > 1 else 0
+  pk = nk_p - x.shape[-1] if x.shape[-1] > 1 else 0
+  return jnp.pad(x, ((0, 0),) * (x.ndim - 2) + ((0, pq), (0, pk)))
+
+
+def _tile(x, lead, qi, ki, bq, bk):
+  """The [Z or 1, bq or 1, bk or 1] tile of a pairwise array at rows qi.., cols ki.."""
+  xl, (xq, xk) = x.shape[:-2], x.shape[-2:]
+  sq, sk = (bq if xq > 1 else 1), (bk if xk > 1 else 1)
+  t = lax.dynamic_slice(x, (0,) * len(xl) + (qi if xq > 1 else 0, ki if xk > 1 else 0),
+                        xl + (sq, sk))
+  if all(d == 1 for d in xl):
+    return t.reshape(1, sq, sk)
+  return jnp.broadcast_to(t, lead + (sq, sk)).reshape(-1, sq, sk)
+
+
+def _untile(t, x_shape, lead):
+  """Inverse of `_tile` for gradients: sum a [Z, bq, bk] tile over x's broadcast axes."""
+  xl, (xq, xk) = x_shape[:-2], x_shape[-2:]
+  t = t.reshape(lead + t.shape[-2:]) if lead else t[0]
+  axes = tuple(i for i, d in enumerate(xl) if d == 1) + \
+      tuple(len(xl) + i for i, d in enumerate((xq, xk)) if d == 1)
+  return jnp.sum(t, axis=axes, keepdims=True)
+
+
+def _scores(cfg, qt, kt, qi, ki, mask, bias, lens, diag):
+  """Score tile [Z, bq, bk] in float32 with -inf at blocked keys."""
+  s = jnp.einsum("zqd,zkd->zqk", qt, kt, preferred_element_type=jnp.float32) * cfg.scale
+  if bias is not None:
+    s = s + _tile(bias, cfg.lead, qi, ki, cfg.block_q, cfg.block_k).astype(jnp.float32)
+  keep = None
+  cols = ki + lax.broadcasted_iota(jnp.int32, (1, 1, cfg.block_k), 2)
+  if lens is not None:
+    keep = cols < lax.dynamic_slice_in_dim(lens, qi, cfg.block_q, axis=1)[..., None]
+  if mask is not None:
+    m = _tile(mask, cfg.lead, qi, ki, cfg.block_q, cfg.block_k)
+    keep = m if keep is None else keep & m
+  if diag:  # causal, only on tiles that straddle the diagonal
+    rows = qi + lax.broadcasted_iota(jnp.int32, (1, cfg.block_q, 1), 1)
+    c = rows + (cfg.kv_len - cfg.q_len) >= cols
+    keep = c if keep is None else keep & c
+  return s if keep is None else jnp.where(keep, s, -jnp.inf)
+
+
+def _k_range(cfg, qi, n_kb):
+  """Key tiles [0, full) need no causal mask, [full, hi) straddle the diagonal."""
+  if not cfg.causal:
+    return n_kb, n_kb
+  off = cfg.kv_len - cfg.q_len
+  full = jnp.clip((qi + off + 1) // cfg.block_k, 0, n_kb)
+  hi = jnp.clip((qi + cfg.block_q - 1 + off) // cfg.block_k + 1, 0, n_kb)
+  return full, hi
+
+
+def _q_range(cfg, ki, n_qb):
+  """Query tiles that see key tile `ki`: [lo, full) straddle the diagonal, [full, n) don't."""
+  if not cfg.causal:
+    return 0, 0, n_qb
+  off = cfg.kv_len - cfg.q_len
+  lo = jnp.clip(jnp.maximum(ki - off, 0) // cfg.block_q, 0, n_qb)
+  full = jnp.clip(-(-(ki + cfg.block_k - 1 - off) // cfg.block_q), lo, n_qb)
+  return lo, full, n_qb
+
+
+def _forward(cfg, q, k, v, mask, bias, lens):
+  """Returns out [Z, nq_p, d_v] (float32) and the row logsumexp [Z, nq_p]."""
+  z, bq, bk = q.shape[0], cfg.block_q, cfg.block_k
+  n_kb = k.shape[1] // bk
+
+  def q_block(i):
+    qi = i * bq
+    qt = lax.dynamic_slice_in_dim(q, qi, bq, axis=1)
+
+    def step(diag, j, carry):
+      m, l, acc = carry
+      ki = j * bk
+      kt = lax.dynamic_slice_in_dim(k, ki, bk, axis=1)
+      vt = lax.dynamic_slice_in_dim(v, ki, bk, axis=1)
+      s = _scores(cfg, qt, kt, qi, ki, mask, bias, lens, diag)
+      m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+      m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # fully blocked so far: no NaN
+      p = jnp.exp(s - m_safe[..., None])
+      alpha = jnp.exp(m - m_safe)
+      l = l * alpha + jnp.sum(p, axis=-1)
+      pv = jnp.einsum("zqk,zkd->zqd", p.astype(v.dtype), vt, preferred_element_type=jnp.float32)
+      return m_new, l, acc * alpha[..., None] + pv
+
+    init = (jnp.full((z, bq), -jnp.inf, jnp.float32), jnp.zeros((z, bq), jnp.float32),
+            jnp.zeros((z, bq, v.shape[-1]), jnp.float32))
+    full, hi = _k_range(cfg, qi, n_kb)
+    carry = lax.fori_loop(0, full, functools.partial(step, False), init)
+    m, l, acc = lax.fori_loop(full, hi, functools.partial(step, True), carry)
+    out = acc / jnp.where(l > 0, l, 1.0)[..., None]  # rows with no valid key: 0
+    lse = jnp.where(l > 0, m + jnp.log(jnp.where(l > 0, l, 1.0)), jnp.inf)
+    return out, lse
+
+  outs, lses = lax.map(q_block, jnp.arange(q.shape[1] // bq))
+  out = jnp.moveaxis(outs, 0, 1).reshape(z, -1, v.shape[-1])
+  return out, jnp.moveaxis(lses, 0, 1).reshape(z, -1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash(cfg, q, k, v, mask, bias, lens):
+  """out [Z, nq_p, d_v] float32 for padded, flattened q [Z, nq_p, d], k/v [Z, nk_p, d]."""
+  return _forward(cfg, q, k, v, mask, bias, lens)[0]
+
+
+def _flash_fwd(cfg, q, k, v, mask, bias, lens):
+  out, lse = _forward(cfg, q, k, v, mask, bias, lens)
+  return out, (q, k, v, mask, bias, lens, out, lse)
+
+
+def _flash_bwd(cfg, res, d_out):
+  """FlashAttention-2 backward: per key tile, walk the query tiles that see it.
+
+  dV += P^T dO;  dP = dO V^T;  dS = P * (dP - rowsum(dO * O));  dQ += dS K;  dK += dS^T Q.
+  P is recomputed from the saved logsumexp; dQ (O(N)) is updated in place.
+  """
+  q, k, v, mask, bias, lens, out, lse = res
+  cfg = cfg._replace(block_q=cfg.block_q_bwd)  # smaller query tiles: 4 score temporaries
+  z, bq, bk = q.shape[0], cfg.block_q, cfg.block_k
+  n_qb = q.shape[1] // bq
+  d_out = d_out.astype(jnp.float32)
+  delta = jnp.sum(d_out * out, axis=-1)  # [Z, nq_p]
+  dtype = v.dtype
+
+  def k_block(carry, j):
+    dq, dbias = carry
+    ki = j * bk
+    kt = lax.dynamic_slice_in_dim(k, ki, bk, axis=1)
+    vt = lax.dynamic_slice_in_dim(v, ki, bk, axis=1)
+
+    def step(diag, i, c):
+      dq, dbias, dk, dv = c
+      qi = i * bq
+      qt = lax.dynamic_slice_in_dim(q, qi, bq, axis=1)
+      dot = lax.dynamic_slice_in_dim(d_out, qi, bq, axis=1)
+      s = _scores(cfg, qt, kt, qi, ki, mask, bias, lens, diag)
+      p = jnp.exp(s - lax.dynamic_slice_in_dim(lse, qi, bq, axis=1)[..., None])
+      dv = dv + jnp.einsum("zqk,zqd->zkd", p.astype(dtype), dot.astype(dtype),
+                           preferred_element_type=jnp.float32)
+      dp = jnp.einsum("zqd,zkd->zqk", dot.astype(dtype), vt, preferred_element_type=jnp.float32)
+      ds = p * (dp - lax.dynamic_slice_in_dim(delta, qi, bq, axis=1)[..., None])
+      dsc = ds.astype(dtype)
+      dq_t = jnp.einsum("zqk,zkd->zqd", dsc, kt, preferred_element_type=jnp.float32)
+      dq = lax.dynamic_update_slice_in_dim(
+          dq, lax.dynamic_slice_in_dim(dq, qi, bq, axis=1) + dq_t, qi, axis=1)
+      dk = dk + jnp.einsum("zqk,zqd->zkd", dsc, qt, preferred_element_type=jnp.float32)
+      if bias is not None:
+        dbias = _add_tile(dbias, _untile(ds, bias.shape, cfg.lead), qi, ki)
+      return dq, dbias, dk, dv
+
+    c = (dq, dbias, jnp.zeros((z, bk, k.shape[-1]), jnp.float32),
+         jnp.zeros((z, bk, v.shape[-1]), jnp.float32))
+    lo, full, hi = _q_range(cfg, ki, n_qb)
+    c = lax.fori_loop(lo, full, functools.partial(step, True), c)
+    dq, dbias, dk, dv = lax.fori_loop(full, hi, functools.partial(step, False), c)
+    return (dq, dbias), (dk, dv)
+
+  dbias0 = None if bias is None else jnp.zeros(bias.shape, jnp.float32)
+  (dq, dbias), (dk, dv) = lax.scan(k_block, (jnp.zeros(q.shape, jnp.float32), dbias0),
+                                   jnp.arange(k.shape[1] // bk))
+  dk = jnp.moveaxis(dk, 0, 1).reshape(k.shape)
+  dv = jnp.moveaxis(dv, 0, 1).reshape(v.shape)
+  dbias = None if bias is None else dbias.astype(bias.dtype)
+  return ((dq * cfg.scale).astype(q.dtype), (dk * cfg.scale).astype(k.dtype), dv.astype(v.dtype),
+          None, dbias, None)
+
+
+def _add_tile(buf, t, qi, ki):
+  """buf[..., qi:qi+bq, ki:ki+bk] += t, where t's pair axes of size 1 stay at 0."""
+  starts = (0,) * (buf.ndim - 2) + (qi if buf.shape[-2] > 1 else 0, ki if buf.shape[-1] > 1 else 0)
+  return lax.dynamic_update_slice(buf, lax.dynamic_slice(buf, starts, t.shape) + t, starts)
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
