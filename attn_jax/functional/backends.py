@@ -19,7 +19,7 @@ from attn_jax.functional import masks as M
 
 # CPU: from this many score entries per (batch, head) (q_len * kv_len) the blockwise
 # kernel beats the dense paths; measured with experiments/bench_attention.py (see
-# docs/readme_perf.md): at N = 512 they tie, from N = 1024 blockwise is faster.
+# the README, Performance): at N = 512 they tie, from N = 1024 blockwise is faster.
 CPU_BLOCKWISE_MIN_SCORES = 1024 * 1024
 # cuDNN flash attention (jax 0.10 checks): fp16/bf16, head dim a multiple of 8 and
 # <= 128 (256 on Hopper; we stay conservative), equal q/k and v head dims (MLA needs
