@@ -136,6 +136,16 @@ class MultiHeadAttention(nn.Module):
     return ck.value, cv.value, mask
 
 
+def _additive_params(module: nn.Module, d_q: int, d_k: int, hidden: int) -> dict[str, jax.Array]:
+  """Declares the `F.additive_scores` parameters {'W_q', 'W_k', 'v'} on `module`."""
+  init = nn.initializers.xavier_uniform()
+  return {
+      "W_q": module.param("W_q", init, (d_q, hidden)),
+      "W_k": module.param("W_k", init, (d_k, hidden)),
+      "v": module.param("v", nn.initializers.normal(1.0 / hidden ** 0.5), (hidden,)),
+  }
+
+
 class AdditiveAttention(nn.Module):
   """Bahdanau attention `v^T tanh(W_q q + W_k k)` with dropout on the weights.
 
@@ -154,12 +164,7 @@ class AdditiveAttention(nn.Module):
                deterministic: bool = True, return_weights: bool = False):
     """queries: [batch, q_len, d_q]; keys: [batch, kv_len, d_k]; values: [batch, kv_len, d_v]
     -> [batch, q_len, d_v], or (out, weights [batch, q_len, kv_len]) if `return_weights`."""
-    init = nn.initializers.xavier_uniform()
-    params = {
-        "W_q": self.param("W_q", init, (queries.shape[-1], self.hidden)),
-        "W_k": self.param("W_k", init, (keys.shape[-1], self.hidden)),
-        "v": self.param("v", nn.initializers.normal(1.0 / self.hidden ** 0.5), (self.hidden,)),
-    }
+    params = _additive_params(self, queries.shape[-1], keys.shape[-1], self.hidden)
     rate = 0.0 if deterministic else self.dropout_rate
     out, weights = F.attention(
         queries, keys, values, score_fn=lambda q, k: F.additive_scores(q, k, params),
@@ -202,12 +207,8 @@ class LuongAttention(nn.Module):
       queries = queries @ w_a  # (h_t W_a) . h_s: the bilinear score as a dot product
       score_fn = F.dot_product_scores
     elif self.score == "concat":
-      hidden = self.hidden or queries.shape[-1]
-      params = {
-          "W_q": self.param("W_q", init, (queries.shape[-1], hidden)),
-          "W_k": self.param("W_k", init, (keys.shape[-1], hidden)),
-          "v": self.param("v", nn.initializers.normal(1.0 / hidden ** 0.5), (hidden,)),
-      }
+      params = _additive_params(self, queries.shape[-1], keys.shape[-1],
+                                self.hidden or queries.shape[-1])
       score_fn = functools.partial(F.additive_scores, params=params)
     else:
       raise ValueError(f"LuongAttention: score must be 'dot', 'general' or 'concat', "
