@@ -12,7 +12,7 @@ from attn_jax.functional.core import (IMPLEMENTATIONS, attention, attention_pool
 from attn_jax.functional.masks import (NEG_INF, bias_to_mask, causal_mask, combine_masks,
                                        make_attention_mask, mask_to_bias, masked_softmax,
                                        padding_mask, sequence_mask, valid_lens_mask)
-from attn_jax.functional.multihead import (head_dim_scale, init_multi_head_params, linear,
+from attn_jax.functional.multihead import (init_multi_head_params, linear,
                                            merge_heads, multi_head_attention, project_heads,
                                            project_out, split_heads)
 from attn_jax.functional.positions import (apply_rotary, rotary_angles, sincos_2d_positions,

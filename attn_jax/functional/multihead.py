@@ -12,8 +12,6 @@ all have different widths, as with torch's `MultiheadAttention(kdim=, vdim=)`.
 """
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
@@ -147,7 +145,3 @@ def multi_head_attention(params: Params, x_q: jax.Array, x_kv: jax.Array, num_he
   out = project_out(out, params["W_o"], params.get("b_o"))
   return (out, weights) if return_weights else out
 
-
-def head_dim_scale(head_dim: int) -> float:
-  """The default score scale 1/sqrt(head_dim)."""
-  return 1.0 / math.sqrt(head_dim)
