@@ -7,6 +7,7 @@ def get_config():
   c.model.name = "mlp"
   c.model.hidden = (256,)
   c.data.source = "local"
+  c.data.name = "mnist"
   c.data.path = "../shared/data/mnist"
   c.data.mean, c.data.std = (0.1307,), (0.3081,)
   c.batch_size = 128

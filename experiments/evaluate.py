@@ -2,9 +2,13 @@
 
     python -m experiments.evaluate --config configs/dates_seq2seq.py --workdir runs/default
 
-Prints the eval metrics of the latest checkpoint (or --step): loss and accuracy; for
-seq2seq models also greedy-decoded exact match and sacrebleu BLEU (on detokenized text)
-with a few decoded examples.
+Prints the eval metrics of the latest checkpoint (or --step, or --best): loss and accuracy;
+for seq2seq models also perplexity, decoded exact match and sacrebleu BLEU on detokenized text,
+cased and lower-cased (greedy, or beam search with --beam=4), with a few decoded examples. The
+metrics are also written to `<workdir>/eval_<split>.json`, which `experiments.results` reads:
+
+    python -m experiments.evaluate --config configs/multi30k_transformer.py:de_en \
+        --workdir runs/m30k_tr_de_en --config.data.eval_split=test_2016_flickr --best --beam=4
 """
 from __future__ import annotations
 
@@ -24,16 +28,26 @@ _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Workdir holding checkpoints/.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _SHOW = flags.DEFINE_integer("show", 5, "Decoded examples to print (seq2seq).")
+_BEAM = flags.DEFINE_integer("beam", 1, "Beam size for seq2seq decoding (1 = greedy).")
+_BEST = flags.DEFINE_bool("best", False, "Evaluate the best checkpoint (config.best_metric).")
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  m = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value)
-  for src, hyp, ref in m.pop("examples", [])[:_SHOW.value]:
+  config = _CONFIG.value
+  m = evaluate_checkpoint(config, _WORKDIR.value, _STEP.value, beam_size=_BEAM.value,
+                          best=_BEST.value)
+  examples = m.pop("examples", [])
+  for src, hyp, ref in examples[:_SHOW.value]:
     print(f"{src!r} -> {hyp!r} (reference {ref!r})")
+  m.update(beam=_BEAM.value, command=" ".join(["python -m experiments.evaluate"] + sys.argv[1:]))
   print(json.dumps(m, indent=1))
+  out = os.path.join(_WORKDIR.value, f"eval_{config.data.eval_split}.json")
+  with open(out, "w") as f:
+    json.dump({**m, "examples": examples[:50]}, f, indent=1)
+  print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Sequence
 
+import zlib
+
 import grain
 import numpy as np
 
@@ -104,22 +106,61 @@ def eval_batches(source: Sequence[Example], global_batch: int, collate: Collate 
 # ----- image preprocessing ------------------------------------------------------------------
 
 
+def random_affine(img: np.ndarray, rng: np.random.Generator, rotate: float = 0.0,
+                  translate: int = 0, canvas: int = 0) -> np.ndarray:
+  """Places `img` [h, w, c] centred on a `canvas` x `canvas` black image (if larger), rotates it
+  by a uniform angle in [-rotate, rotate] degrees about the centre and shifts it by uniform
+  integer pixels in [-translate, translate] per axis (bilinear, zero fill) -> same dtype."""
+  from scipy import ndimage
+  h, w = img.shape[:2]
+  if canvas > max(h, w):
+    top, left = (canvas - h) // 2, (canvas - w) // 2
+    img = np.pad(img, ((top, canvas - h - top), (left, canvas - w - left), (0, 0)))
+    h = w = canvas
+  angle = np.deg2rad(rng.uniform(-rotate, rotate)) if rotate else 0.0
+  shift = rng.integers(-translate, translate + 1, size=2) if translate else np.zeros(2)
+  cos, sin = np.cos(angle), np.sin(angle)
+  inv = np.array([[cos, sin], [-sin, cos]])          # output (y, x) -> input (y, x)
+  centre = np.array([(h - 1) / 2, (w - 1) / 2])
+  offset = centre - inv @ (centre + shift)
+  out = np.empty_like(img)
+  for ch in range(img.shape[-1]):
+    out[..., ch] = ndimage.affine_transform(img[..., ch].astype(np.float32), inv, offset, order=1,
+                                            mode="constant", cval=0.0).round().clip(0, 255)
+  return out
+
+
 def image_preprocess(mean: Sequence[float], std: Sequence[float], *, crop_padding: int = 0,
-                     flip: bool = False, train: bool = True):
-  """Returns `f(example[, rng])`: random crop with zero padding, horizontal flip (train only),
-  then `(x / 255 - mean) / std` -> float32 [h, w, c]."""
+                     flip: bool = False, rotate: float = 0.0, translate: int = 0, canvas: int = 0,
+                     train: bool = True):
+  """Returns `f(example[, rng])`: optional random rotation/translation on a canvas (train and
+  eval: it defines the task), random crop with zero padding and horizontal flip (train only),
+  then `(x / 255 - mean) / std` -> float32 [h, w, c].
+
+  For eval the affine warp of each image is drawn from a generator seeded by the image's
+  bytes, so the test set is the same fixed set of warped images in every run and order.
+  """
   mean = np.asarray(mean, np.float32)
   std = np.asarray(std, np.float32)
+  warp = bool(rotate or translate or canvas)
 
-  def normalize(ex: Example) -> Example:
-    img = np.asarray(ex["image"], np.float32) / 255.0
-    return {"image": (img - mean) / std, "label": np.int32(ex["label"])}
+  def normalize(img: np.ndarray, label) -> Example:
+    img = np.asarray(img, np.float32) / 255.0
+    return {"image": (img - mean) / std, "label": np.int32(label)}
 
   if not train:
-    return normalize
+    def plain(ex: Example) -> Example:
+      img = np.asarray(ex["image"])
+      if warp:
+        rng = np.random.default_rng(zlib.crc32(img.tobytes()))
+        img = random_affine(img, rng, rotate, translate, canvas)
+      return normalize(img, ex["label"])
+    return plain
 
   def augment(ex: Example, rng: np.random.Generator) -> Example:
     img = np.asarray(ex["image"])
+    if warp:
+      img = random_affine(img, rng, rotate, translate, canvas)
     if crop_padding:
       h, w = img.shape[:2]
       p = crop_padding
@@ -128,7 +169,7 @@ def image_preprocess(mean: Sequence[float], std: Sequence[float], *, crop_paddin
       img = padded[dy:dy + h, dx:dx + w]
     if flip and rng.random() < 0.5:
       img = img[:, ::-1]
-    return normalize({"image": img, "label": ex["label"]})
+    return normalize(img, ex["label"])
 
   return augment
 

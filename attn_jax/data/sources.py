@@ -103,10 +103,13 @@ def build(config, process_index: int = 0, process_count: int = 1) -> Data:
     eval_src = image_source(cfg, cfg.eval_split)
     first = np.asarray(train_src[0]["image"])
     shape = first.shape if first.ndim == 3 else first.shape + (1,)
+    if cfg.canvas > max(shape[:2]):
+      shape = (cfg.canvas, cfg.canvas, shape[-1])
     mean = list(cfg.mean) if cfg.mean else [0.5] * shape[-1]
     std = list(cfg.std) if cfg.std else [0.5] * shape[-1]
-    aug = P.image_preprocess(mean, std, crop_padding=cfg.crop_padding, flip=cfg.flip)
-    plain = P.image_preprocess(mean, std, train=False)
+    warp = dict(rotate=cfg.rotate, translate=cfg.translate, canvas=cfg.canvas)
+    aug = P.image_preprocess(mean, std, crop_padding=cfg.crop_padding, flip=cfg.flip, **warp)
+    plain = P.image_preprocess(mean, std, train=False, **warp)
     train = P.TrainStream(P.train_dataset(train_src, seed, aug), config.batch_size, **shard)
     num_classes = cfg.num_classes or count_classes(train_src)
     info = {"num_classes": num_classes, "image_shape": shape, "num_train": len(train_src),
@@ -145,4 +148,6 @@ def build(config, process_index: int = 0, process_count: int = 1) -> Data:
                                    max_examples=cfg.max_eval_examples or None, **shard)
   info = {"src_vocab": sizes[0], "tgt_vocab": sizes[1], "src_tokenizer": src_tok,
           "tgt_tokenizer": tgt_tok, "num_train": len(train_ex), "num_eval": len(eval_ex)}
+  if cfg.source != "task":
+    info["eval_text"] = eval_pairs   # raw (src, tgt) sentences, in eval order, for BLEU
   return Data("seq", train, eval_fn, info)

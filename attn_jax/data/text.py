@@ -127,6 +127,17 @@ class SentencePieceTokenizer:
     return self.sp.decode([i for i in _until_eos(ids) if i != PAD and i != BOS])
 
 
+_NO_SPACE_BEFORE = re.compile(r" ([.,!?;:%)\]}])")
+_CLITIC = re.compile(r" ' (s|t|re|ve|ll|d|m)\b")
+
+
+def detokenize(text: str) -> str:
+  """Space-joined word tokens -> a sentence: no space before closing punctuation, first
+  letter upper-cased, clitics joined ("a dog ' s toy ." -> "A dog's toy.")."""
+  text = _CLITIC.sub(r"'\1", _NO_SPACE_BEFORE.sub(r"\1", text))
+  return text[:1].upper() + text[1:]
+
+
 def _until_eos(ids: Iterable[int]) -> list[int]:
   out = []
   for i in ids:

@@ -44,6 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
   d.std = ()
   d.crop_padding = 0
   d.flip = False
+  d.rotate = 0.0                # random rotation in [-rotate, rotate] degrees, train AND eval
+  d.translate = 0               # random shift in [-translate, translate] pixels, train AND eval
+  d.canvas = 0                  # pad images (centred) to canvas x canvas first; 0 = keep
   o = c.optim = ml_collections.ConfigDict()
   o.name = "adamw"              # adamw | adam | sgd
   o.learning_rate = 1e-3
@@ -71,6 +74,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.strategy = "jit"            # jit | pmap
   c.heatmap = True
   c.progress = "auto"           # auto | on | off
+  a = c.anchor = ml_collections.ConfigDict()   # the published result a results table compares to
+  a.metric = ""                 # e.g. 'accuracy' (%), 'bleu_lower', 'error' (%)
+  a.value = 0.0
+  a.higher_is_better = True
+  a.source = ""                 # where the number comes from
   t = c.distributed = ml_collections.ConfigDict()
   t.coordinator_address = ""    # '' = single process unless JAX finds a cluster env
   t.num_processes = 1

@@ -17,39 +17,71 @@ from attn_jax.train import loop
 from attn_jax.train import step as step_lib
 
 
-def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
+def corpus_bleu(hypotheses: list[str], references: list[str], lowercase: bool = False) -> float:
   """sacrebleu corpus BLEU (13a tokenization) of detokenized strings, 0..100."""
   import sacrebleu
-  return float(sacrebleu.corpus_bleu(hypotheses, [references]).score)
+  return float(sacrebleu.corpus_bleu(hypotheses, [references], lowercase=lowercase).score)
 
 
-def decode_and_score(model, host_state, data, max_len: int | None = None) -> dict[str, Any]:
-  """Greedy-decodes the eval split -> {'bleu', 'decoded_exact_match', 'examples': [(src, hyp, ref)]}."""
-  from attn_jax.seq.decoding import greedy_decode
+def decode_and_score(model, host_state, data, max_len: int | None = None,
+                     beam_size: int = 1) -> dict[str, Any]:
+  """Decodes the eval split (greedy, or beam search with `beam_size` > 1) and scores it.
+
+  References are the raw eval sentences when the data has them (`info['eval_text']`, text
+  sources), else the decoded target ids. Returns {'bleu' (cased), 'bleu_lower',
+  'decoded_exact_match', 'examples': [(src, hyp, ref)]}. Word-tokenizer output is
+  lower-cased, so its cased BLEU only gets sentence-initial capitals back (`T.detokenize`).
+  """
+  from attn_jax.data import text as T
+  from attn_jax.seq.decoding import beam_search, greedy_decode
   tok_src, tok_tgt = data.info["src_tokenizer"], data.info["tgt_tokenizer"]
+  raw = data.info.get("eval_text")
   hyps, refs, srcs = [], [], []
   for batch in data.eval_batches():
-    n = max_len or batch["tgt_out"].shape[1] + 4
-    out = greedy_decode(model, host_state.params, batch["src"], n)
+    n = max_len or batch["src"].shape[1] + 10   # a cap from the source, not the reference
+    if beam_size > 1:
+      out = beam_search(model, host_state.params, batch["src"], n, beam_size)
+    else:
+      out = greedy_decode(model, host_state.params, batch["src"], n)
     tokens = np.asarray(out.tokens)
     for i in np.flatnonzero(batch["mask"]):
-      hyps.append(tok_tgt.decode(tokens[i]))
-      refs.append(tok_tgt.decode(batch["tgt_out"][i]))
-      srcs.append(tok_src.decode(batch["src"][i]))
+      k = len(hyps)
+      hyp = tok_tgt.decode(tokens[i])
+      hyps.append(T.detokenize(hyp) if isinstance(tok_tgt, T.WordTokenizer) else hyp)
+      refs.append(raw[k][1] if raw else tok_tgt.decode(batch["tgt_out"][i]))
+      srcs.append(raw[k][0] if raw else tok_src.decode(batch["src"][i]))
   exact = float(np.mean([h == r for h, r in zip(hyps, refs)])) if refs else 0.0
-  return {"bleu": corpus_bleu(hyps, refs), "decoded_exact_match": exact,
-          "examples": list(zip(srcs, hyps, refs))}
+  return {"bleu": corpus_bleu(hyps, refs), "bleu_lower": corpus_bleu(hyps, refs, lowercase=True),
+          "decoded_exact_match": exact, "examples": list(zip(srcs, hyps, refs))}
 
 
-def evaluate_checkpoint(config, workdir: str, step: int | None = None,
-                        decode: bool = True) -> dict[str, Any]:
-  """Restores `workdir`'s checkpoint (latest, or `step`) and evaluates it on one process."""
+def restore(config, workdir: str, step: int | None = None,
+            best: bool = False) -> tuple[dict[str, Any], Any, int]:
+  """Builds `config` (`loop.setup`) and restores `workdir`'s checkpoint into it.
+
+  Restores the latest checkpoint, `step`, or with `best` (and no `step`) the best one by
+  `config.best_metric`. Returns (the `loop.setup` dict: strategy, data, model, family, ...;
+  the restored TrainState as host arrays; the restored step).
+  """
   s = loop.setup(config, workdir)
-  ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints, async_save=False)
-  if ckpt.latest_step() is None:
-    raise FileNotFoundError(f"{workdir}/checkpoints: no checkpoint to evaluate.")
-  host_state, _, step = ckpt.restore(s["host_state"], step)
-  ckpt.close()
+  ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints, config.best_metric,
+                               config.best_mode, async_save=False)
+  try:
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f"{workdir}/checkpoints: no checkpoint to restore.")
+    if best and step is None:
+      step = ckpt.best_step()
+    host_state, _, step = ckpt.restore(s["host_state"], step)
+  finally:
+    ckpt.close()
+  return s, host_state, step
+
+
+def evaluate_checkpoint(config, workdir: str, step: int | None = None, decode: bool = True,
+                        beam_size: int = 1, best: bool = False) -> dict[str, Any]:
+  """Restores `workdir`'s checkpoint (latest, `step`, or with `best` the best by
+  `config.best_metric`) and evaluates it on one process on `config.data.eval_split`."""
+  s, host_state, step = restore(config, workdir, step, best)
   strategy = s["strategy"]
   eval_step = strategy.compile_eval(step_lib.make_eval_step(
       s["model"], s["family"], config.label_smoothing,
@@ -58,5 +90,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None,
                           s["data"].eval_batches())
   metrics["step"] = step
   if decode and s["family"] == "seq2seq":
-    metrics.update(decode_and_score(s["model"], jax.device_get(host_state), s["data"]))
+    metrics.update(decode_and_score(s["model"], jax.device_get(host_state), s["data"],
+                                    beam_size=beam_size))
+  metrics["split"] = config.data.eval_split
   return metrics

@@ -94,6 +94,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   state = strategy.put_state(host_state)
   writer = metrics_lib.MetricWriter(workdir, enabled=lead)
   progress = metrics_lib.Progress(config.num_steps, start, config.progress, enabled=lead)
+  record = metrics_lib.RunRecord(workdir, config, step_lib.count_params(host_state.params),
+                                 enabled=lead)
   stop = ckpt_lib.StopFlag().install()
   train_m, eval_m, step = {}, {}, start
   t_log, n_log, t0 = time.time(), 0, time.time()
@@ -114,10 +116,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       if evaluated:
         eval_m = evaluate(strategy, eval_step, state, data.eval_batches())
         writer.write(step, eval_m)
+        record.update(step, eval_m, config.best_metric, config.best_mode)
       if step % config.checkpoint_every == 0 or last or stop:
         ckpt.save(step, strategy.host_state(state), data.train.get_state(),
                   metrics=eval_m if evaluated else None, force=True)
   finally:
+    record.update(step)
     progress.close()
     ckpt.close()
     writer.close()

@@ -71,3 +71,75 @@ class Progress:
     if self.on:
       sys.stderr.write("\n")
       sys.stderr.flush()
+
+
+def command_line() -> str:
+  """This process's command as typed: `python -m pkg.mod args` for a module run with -m."""
+  argv = list(sys.argv)
+  path = os.path.abspath(argv[0]) if argv else ""
+  rel = os.path.relpath(path, os.getcwd()) if path else ""
+  if rel.endswith(".py") and not rel.startswith(".."):
+    argv[0] = "python -m " + rel[:-3].replace(os.sep, ".")
+  return " ".join(argv)
+
+
+def hardware() -> str:
+  """'<n> x <device kind> (<cpu model>, <cores> cores)' of this process, for result tables."""
+  import platform
+
+  import jax
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  devs = jax.devices()
+  return f"{len(devs)} x {devs[0].device_kind} ({cpu}, {os.cpu_count()} cores)"
+
+
+class RunRecord:
+  """`<workdir>/run.json`: what a results table needs, kept current during training.
+
+  Holds the command line, config, parameter count, hardware, the last step and the
+  training wall time summed over every (resumed) invocation, plus the latest and best
+  eval metrics. Rewritten atomically at each eval and at the end, so a killed run
+  still has its record.
+  """
+
+  def __init__(self, workdir: str, config, num_params: int, enabled: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "run.json")
+    self.t0 = time.time()
+    prev = {}
+    if enabled and os.path.exists(self.path):
+      with open(self.path) as f:
+        prev = json.load(f)
+    self.prior_wall_s = float(prev.get("wall_s", 0.0))
+    commands = prev.get("commands", [])
+    cmd = command_line()
+    if cmd not in commands:
+      commands.append(cmd)
+    self.record = {"commands": commands, "config": json.loads(config.to_json_best_effort()),
+                   "num_params": int(num_params), "hardware": hardware(),
+                   "step": prev.get("step", 0), "eval": prev.get("eval", {}),
+                   "best": prev.get("best", {})}
+
+  def update(self, step: int, eval_metrics: dict[str, Any] | None = None,
+             best_metric: str = "", best_mode: str = "max") -> None:
+    if not self.enabled:
+      return
+    r = self.record
+    r["step"] = int(step)
+    r["wall_s"] = self.prior_wall_s + (time.time() - self.t0)
+    if eval_metrics:
+      r["eval"] = {"step": int(step), **{k: float(v) for k, v in eval_metrics.items()}}
+      if best_metric in eval_metrics:
+        old = r["best"].get(best_metric)
+        new = float(eval_metrics[best_metric])
+        if old is None or (new > old if best_mode == "max" else new < old):
+          r["best"] = dict(r["eval"])
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(r, f, indent=1)
+    os.replace(tmp, self.path)

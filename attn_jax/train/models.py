@@ -35,6 +35,8 @@ REGISTRY: dict[str, ModelSpec] = {
     "vit": ModelSpec("attn_jax.vision.vit:ViT", "classification", _CLS),
     "swin": ModelSpec("attn_jax.vision.swin:SwinTransformer", "classification", _CLS),
     "resnet": ModelSpec("attn_jax.vision.resnet:ResNet", "classification", _CLS),
+    "cnn": ModelSpec("attn_jax.vision.cnn:ConvNet", "classification", _CLS),
+    "stn_cnn": ModelSpec("attn_jax.vision.stn:stn_cnn", "classification", _CLS),
     "seq2seq": ModelSpec("attn_jax.seq.seq2seq:Seq2Seq", "seq2seq", _SEQ),
     "transformer": ModelSpec("attn_jax.seq.transformer:Transformer", "seq2seq", _SEQ),
 }

@@ -50,6 +50,11 @@ def init_state(model: nn.Module, family: str, tx: optax.GradientTransformation, 
                     model_state=model_state, rng=rng)
 
 
+def count_params(params) -> int:
+  """Number of scalars in a parameter tree."""
+  return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+
+
 def _inputs(family: str, batch: Batch) -> tuple:
   if family == "classification":
     return (batch["image"],)
@@ -87,7 +92,9 @@ def metric_sums(family: str, logits: jax.Array, batch: Batch, label_smoothing: f
   w = (targets != 0).astype(jnp.float32) * ex_w[:, None]
   n = w.sum()
   exact = losses.sequence_exact_match(jnp.argmax(logits, -1), targets, per_example=True)
+  # nll_sum: unsmoothed cross-entropy, for perplexity (the loss may be label-smoothed).
   return {"loss_sum": losses.cross_entropy(logits, targets, label_smoothing, weights=w) * n,
+          "nll_sum": losses.cross_entropy(logits, targets, 0.0, weights=w) * n,
           "correct": losses.accuracy(logits, targets, weights=w) * n, "weight": n,
           "examples": ex_w.sum(), "exact": (exact.astype(jnp.float32) * ex_w).sum()}
 
@@ -97,9 +104,12 @@ def _psum(tree, axis_name):
 
 
 def summarize(sums: dict, prefix: str = "") -> dict:
-  """Sums -> means: loss, accuracy (token accuracy for seq2seq), exact_match."""
+  """Sums -> means: loss, accuracy (token accuracy for seq2seq), exact_match, perplexity
+  (exp of the unsmoothed per-token cross-entropy)."""
   w = jnp.maximum(sums["weight"], 1e-8)
   out = {f"{prefix}loss": sums["loss_sum"] / w, f"{prefix}accuracy": sums["correct"] / w}
+  if "nll_sum" in sums:
+    out[f"{prefix}perplexity"] = jnp.exp(sums["nll_sum"] / w)
   if "exact" in sums:
     out[f"{prefix}exact_match"] = sums["exact"] / jnp.maximum(sums["examples"], 1e-8)
   return out

@@ -69,3 +69,12 @@ class STN(nn.Module):
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
     x = SpatialTransformer(self.features, self.hidden, self.out_size, name="stn")(images)
     return self.classifier(x, train=train)
+
+
+def stn_cnn(num_classes: int, features: Sequence[int] = (32, 64), hidden: int = 128,
+            dropout: float = 0.0, stn_features: Sequence[int] = (8, 16), stn_hidden: int = 32,
+            dtype=jnp.float32) -> STN:
+  """`STN(classifier=ConvNet(...))`: the registry's 'stn_cnn' (same classifier as 'cnn')."""
+  from attn_jax.vision.cnn import ConvNet
+  return STN(ConvNet(num_classes, tuple(features), hidden, dropout, dtype),
+             tuple(stn_features), stn_hidden)

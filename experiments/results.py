@@ -1,0 +1,167 @@
+"""Markdown results table from run directories.
+
+    python -m experiments.results runs/fmnist_vit runs/m30k_tr_de_en ...   # or: runs/*
+    python -m experiments.results --out docs/results.md runs/*
+
+Reads each run's `run.json` (written by the training loop: config, parameter count, steps,
+training wall time over all resumptions, hardware, command) and any `eval_<split>.json`
+written by `experiments.evaluate` (BLEU, perplexity). One row per run: model, params,
+dataset, metric, measured value, published anchor, whether the anchor is met, steps,
+epochs, wall time, hardware and the commands that produced it.
+
+Classification rows report the final eval accuracy on `config.data.eval_split` (the test
+split in every shipped config; never the best-of-many on test). Translation rows report
+the lower-cased sacrebleu BLEU of the newest `eval_<split>.json` whose split is not `val`
+(the test split), with cased BLEU and perplexity beside it.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+from typing import Any
+
+from absl import app, flags
+
+_OUT = flags.DEFINE_string("out", "", "Also write the table to this markdown file.")
+
+
+def _load(path: str) -> dict[str, Any] | None:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _model_name(m: dict[str, Any]) -> str:
+  name = m.get("name", "?")
+  if name == "resnet":
+    depth = 2 + 2 * sum(m.get("stage_sizes", (2, 2, 2, 2)))   # basic blocks: 2 convs each
+    return f"ResNet{depth} w{m.get('width')} + {m.get('attention', 'none')}"
+  if name == "vit":
+    return f"ViT d{m.get('depth')} w{m.get('hidden')} p{m.get('patch_size')}"
+  if name == "swin":
+    return f"Swin {tuple(m.get('depths', ()))} w{m.get('embed_dim')} win{m.get('window_size')}"
+  if name == "transformer":
+    return f"Transformer {m.get('num_layers')}+{m.get('num_layers')} d{m.get('d_model')}"
+  if name == "seq2seq":
+    bi = "bi" if m.get("bidirectional") else ""
+    return f"{bi}{m.get('cell', 'gru').upper()} {m.get('hidden')} + {m.get('attention')}"
+  if name == "stn_cnn":
+    return "STN + CNN"
+  if name == "cnn":
+    return "CNN"
+  return name
+
+
+def _dataset(d: dict[str, Any]) -> str:
+  if d.get("source") == "multi30k":
+    return f"Multi30k {d.get('src_lang')}->{d.get('tgt_lang')}"
+  name = d.get("name") or os.path.basename(str(d.get("path", "")).rstrip("/"))
+  extra = []
+  if d.get("rotate"):
+    extra.append(f"rot +-{d['rotate']:g} deg")
+  if d.get("translate"):
+    extra.append(f"shift +-{d['translate']} px")
+  return name + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _test_eval(workdir: str) -> dict[str, Any] | None:
+  """The newest eval_<split>.json not on the validation split."""
+  files = [p for p in glob.glob(os.path.join(workdir, "eval_*.json"))
+           if not p.endswith("eval_val.json")]
+  files.sort(key=os.path.getmtime)
+  return _load(files[-1]) if files else None
+
+
+def row(workdir: str) -> dict[str, Any] | None:
+  """One table row from a run directory (None if it has no run.json)."""
+  run = _load(os.path.join(workdir, "run.json"))
+  if run is None:
+    return None
+  cfg = run["config"]
+  anchor = cfg.get("anchor", {})
+  ev = run.get("eval", {})
+  commands = list(run.get("commands", []))
+  num_train = {"fashion_mnist": 60_000, "mnist": 60_000, "cifar10": 50_000}.get(
+      cfg["data"].get("name"), 29_000 if cfg["data"].get("source") == "multi30k" else 0)
+  r = {"run": os.path.basename(workdir.rstrip("/")), "model": _model_name(cfg["model"]),
+       "params": run.get("num_params", 0), "dataset": _dataset(cfg["data"]),
+       "steps": run.get("step", 0), "planned": cfg.get("num_steps"),
+       "epochs": (run.get("step", 0) * cfg["batch_size"] / num_train) if num_train else None,
+       "wall_min": run.get("wall_s", 0.0) / 60, "hardware": run.get("hardware", "?"),
+       "anchor": anchor.get("value") or None, "anchor_source": anchor.get("source", ""),
+       "extra": ""}
+  metric = anchor.get("metric", "accuracy")
+  if metric == "bleu_lower":
+    test = _test_eval(workdir)
+    if test is None:
+      r.update(metric="BLEU (lower)", value=None, extra="not evaluated on test yet")
+    else:
+      r.update(metric=f"BLEU lc, {test.get('split')}", value=test.get("bleu_lower"),
+               extra=f"cased BLEU {test.get('bleu', 0):.1f}, ppl {test.get('eval_perplexity', 0):.1f}"
+                     f", beam {test.get('beam', 1)}")
+      commands.append(test.get("command", ""))
+  elif metric == "error":
+    acc = ev.get("eval_accuracy")
+    r.update(metric=f"error %, {cfg['data'].get('eval_split')}",
+             value=None if acc is None else 100 * (1 - acc))
+  else:
+    acc = ev.get("eval_accuracy")
+    r.update(metric=f"accuracy %, {cfg['data'].get('eval_split')}",
+             value=None if acc is None else 100 * acc)
+  higher = anchor.get("higher_is_better", True) and metric != "error"
+  if r["value"] is None or r["anchor"] is None:
+    r["met"] = "—"
+  else:
+    r["met"] = "yes" if (r["value"] >= r["anchor"] if higher else r["value"] <= r["anchor"]) else "no"
+  r["commands"] = [c for c in commands if c]
+  return r
+
+
+def _fmt(v, spec: str) -> str:
+  return "—" if v is None else format(v, spec)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+  """Markdown: one row per run, commands listed under the table."""
+  head = ("| run | model | params | dataset | metric | measured | anchor | met | steps (planned) "
+          "| epochs | wall time | notes |")
+  lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+  for r in rows:
+    steps = f"{r['steps']:,}" + (f" ({r['planned']:,})" if r["planned"] != r["steps"] else "")
+    lines.append(
+        f"| {r['run']} | {r['model']} | {r['params'] / 1e6:.2f}M | {r['dataset']} | {r['metric']} "
+        f"| {_fmt(r['value'], '.2f')} | {_fmt(r['anchor'], '.1f')} | {r['met']} | {steps} "
+        f"| {_fmt(r['epochs'], '.1f')} | {r['wall_min']:.0f} min | {r['extra']} |")
+  hw = sorted({r["hardware"] for r in rows})
+  lines.append("")
+  lines.append("Hardware: " + "; ".join(hw) + ".")
+  lines.append("")
+  lines.append("Anchors: " + "; ".join(sorted({f"{r['anchor_source']}" for r in rows
+                                                if r["anchor_source"]})) + ".")
+  lines.append("")
+  lines.append("Commands:")
+  lines.append("")
+  for r in rows:
+    for c in r["commands"]:
+      lines.append(f"- `{r['run']}`: `{c}`")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> None:
+  dirs = argv[1:] or sorted(glob.glob("runs/*/"))
+  rows = [r for r in (row(d) for d in dirs) if r is not None]
+  if not rows:
+    raise app.UsageError(f"no run.json in {dirs}; train with experiments.train first.")
+  text = table(rows)
+  print(text)
+  if _OUT.value:
+    os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
+    with open(_OUT.value, "w") as f:
+      f.write(text)
+
+
+if __name__ == "__main__":
+  app.run(main, argv=sys.argv)

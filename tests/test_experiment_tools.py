@@ -1,0 +1,114 @@
+"""The pieces behind the real-data experiments: the rotated/translated digits, detokenized
+BLEU input, the run record that sums wall time over resumptions, and the results table."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+
+from attn_jax.data import pipeline as P
+from attn_jax.data.text import detokenize
+from attn_jax.train import metrics as metrics_lib
+from attn_jax.train.config import base_config
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import results  # noqa: E402
+
+
+class _Fixed:
+  """A stand-in generator that always draws the given angle and shift."""
+
+  def __init__(self, angle: float, shift=(0, 0)):
+    self.angle, self.shift = angle, np.asarray(shift)
+
+  def uniform(self, lo, hi):
+    assert lo <= self.angle <= hi
+    return self.angle
+
+  def integers(self, lo, hi, size):
+    return self.shift
+
+
+def test_random_affine_rotates_shifts_and_pads():
+  img = np.random.default_rng(0).integers(0, 255, (7, 7, 1)).astype(np.uint8)
+  assert np.array_equal(P.random_affine(img, _Fixed(90.0), rotate=90), np.rot90(img, 1))
+  assert np.array_equal(P.random_affine(img, _Fixed(0.0), rotate=10), img)
+  shifted = P.random_affine(img, _Fixed(0.0, (1, 2)), translate=2)
+  assert np.array_equal(shifted[1:, 2:], img[:-1, :-2]) and not shifted[0].any()
+  canvas = P.random_affine(img, _Fixed(0.0), canvas=11, rotate=5)
+  assert canvas.shape == (11, 11, 1) and np.array_equal(canvas[2:9, 2:9], img)
+
+
+def test_warped_eval_set_is_fixed_and_train_draws_fresh_warps():
+  rng = np.random.default_rng(1)
+  ex = {"image": rng.integers(0, 255, (12, 12, 1)).astype(np.uint8), "label": 3}
+  ev = P.image_preprocess([0.5], [0.5], rotate=45, translate=2, canvas=16, train=False)
+  a, b = ev(ex), ev(dict(ex))
+  assert a["image"].shape == (16, 16, 1) and np.array_equal(a["image"], b["image"])
+  tr = P.image_preprocess([0.5], [0.5], rotate=45, translate=2, canvas=16)
+  draws = [tr(ex, np.random.default_rng(s))["image"] for s in range(3)]
+  assert not np.array_equal(draws[0], draws[1]) or not np.array_equal(draws[1], draws[2])
+
+
+@pytest.mark.parametrize("tokens,text", [
+    ("a man in a blue shirt , sits .", "A man in a blue shirt, sits."),
+    ("the dog ' s toy !", "The dog's toy!"),
+    ("", ""),
+])
+def test_detokenize(tokens, text):
+  assert detokenize(tokens) == text
+
+
+def test_run_record_sums_wall_time_over_resumptions(tmp_path, monkeypatch):
+  cfg = base_config()
+  monkeypatch.setattr(sys, "argv", ["x.py", "--a"])
+  r = metrics_lib.RunRecord(str(tmp_path), cfg, 123)
+  r.t0 -= 10.0                                   # pretend 10 s of training
+  r.update(5, {"eval_accuracy": 0.5}, "eval_accuracy")
+  monkeypatch.setattr(sys, "argv", ["x.py", "--b"])
+  r2 = metrics_lib.RunRecord(str(tmp_path), cfg, 123)
+  r2.t0 -= 5.0
+  r2.update(9, {"eval_accuracy": 0.4}, "eval_accuracy")
+  rec = json.load(open(tmp_path / "run.json"))
+  assert rec["step"] == 9 and 15.0 <= rec["wall_s"] < 20.0
+  assert rec["eval"]["eval_accuracy"] == pytest.approx(0.4)
+  assert rec["best"]["eval_accuracy"] == pytest.approx(0.5) and rec["best"]["step"] == 5
+  assert [c.split()[-1] for c in rec["commands"]] == ["--a", "--b"]
+
+
+def _fake_run(root, name, cfg, step, eval_metrics, test=None):
+  d = root / name
+  d.mkdir()
+  rec = {"commands": [f"python -m experiments.train --workdir runs/{name}"],
+         "config": json.loads(cfg.to_json_best_effort()), "num_params": 2_500_000,
+         "hardware": "1 x cpu (test)", "step": step, "wall_s": 600.0, "eval": eval_metrics}
+  (d / "run.json").write_text(json.dumps(rec))
+  if test is not None:
+    (d / "eval_test_2016_flickr.json").write_text(json.dumps(test))
+  return str(d)
+
+
+def test_results_table_rows_and_anchors(tmp_path):
+  vit = base_config()
+  vit.model = ml_collections.ConfigDict({"name": "vit", "depth": 6, "hidden": 96, "patch_size": 4})
+  vit.data.name, vit.num_steps = "fashion_mnist", 4700
+  vit.anchor.metric, vit.anchor.value, vit.anchor.source = "accuracy", 92.3, "small ViT"
+  tr = base_config()
+  tr.model = ml_collections.ConfigDict({"name": "transformer", "num_layers": 3, "d_model": 256})
+  tr.data.source, tr.num_steps, tr.batch_size = "multi30k", 1150, 128
+  tr.anchor.metric, tr.anchor.value, tr.anchor.source = "bleu_lower", 36.5, "Transformer"
+  rows = [results.row(_fake_run(tmp_path, "vit", vit, 4700, {"eval_accuracy": 0.93})),
+          results.row(_fake_run(tmp_path, "tr", tr, 1150, {},
+                                {"split": "test_2016_flickr", "bleu": 30.1, "bleu_lower": 31.0,
+                                 "eval_perplexity": 7.5, "beam": 4, "command": "python -m eval"}))]
+  assert rows[0]["value"] == pytest.approx(93.0) and rows[0]["met"] == "yes"
+  assert rows[0]["epochs"] == pytest.approx(4700 * 64 / 60_000)
+  assert rows[1]["value"] == pytest.approx(31.0) and rows[1]["met"] == "no"
+  assert "ppl 7.5" in rows[1]["extra"] and "python -m eval" in rows[1]["commands"]
+  md = results.table(rows)
+  assert md.count("\n| ") == 2 and "| 93.00 | 92.3 | yes |" in md and "1 x cpu (test)" in md
+  assert results.row(str(tmp_path / "missing")) is None
