@@ -8,6 +8,7 @@ The config argument picks the attention in every residual block: `none`, `se`, `
 `--config.data.source=tfds --config.data.name=fashion_mnist` reads the tfds catalog.
 """
 from attn_jax.train.config import base_config
+from configs.fashion_mnist_vit import fashion_mnist_data
 
 
 def get_config(arg: str | None = None):
@@ -16,12 +17,7 @@ def get_config(arg: str | None = None):
   c.model.stage_sizes = (2, 2, 2, 2)
   c.model.width = 32
   c.model.attention = arg or "cbam"
-  c.data.source = "local"
-  c.data.name = "fashion_mnist"
-  c.data.path = "../shared/data/fashion_mnist"
-  c.data.mean, c.data.std = (0.2860,), (0.3530,)
-  c.data.crop_padding = 2
-  c.data.flip = True
+  fashion_mnist_data(c)
   c.optim.name = "sgd"
   c.optim.momentum = 0.9
   c.optim.learning_rate = 0.1

@@ -5,14 +5,19 @@
 from attn_jax.train.config import base_config
 
 
-def classifier_defaults(c) -> None:
-  """Data, optimiser and anchor shared by the Fashion-MNIST ViT and Swin configs."""
+def fashion_mnist_data(c) -> None:
+  """The local IDX files, normalization and crop + flip (shared with the Swin and ResNet configs)."""
   c.data.source = "local"
   c.data.name = "fashion_mnist"
   c.data.path = "../shared/data/fashion_mnist"
   c.data.mean, c.data.std = (0.2860,), (0.3530,)
   c.data.crop_padding = 2
   c.data.flip = True
+
+
+def classifier_defaults(c) -> None:
+  """Data, optimiser and anchor shared by the Fashion-MNIST ViT and Swin configs."""
+  fashion_mnist_data(c)
   c.optim.name = "adamw"
   c.optim.learning_rate = 2e-3
   c.optim.weight_decay = 0.05

@@ -135,6 +135,32 @@ def stn_outputs(model, variables, images: np.ndarray) -> tuple[np.ndarray, np.nd
   return np.asarray(inter["stn"]["__call__"][0]), np.asarray(inter["stn"]["theta"][0])
 
 
+def stn_rotation_fit(config, model, variables, data, num: int = 2000) -> dict[str, float]:
+  """How the STN's warp follows the rotation applied to each test image.
+
+  Recomputes each test image's fixed warp angle (`pipeline.eval_warp_rng`, as the eval
+  preprocessing draws it) and reads the rotation of the STN's theta, atan2(theta[1,0],
+  theta[0,0]) in degrees, over the first `num` test images. Returns {'r': Pearson
+  correlation, 'slope': least-squares slope of STN angle on applied angle, 'n'}.
+  """
+  from attn_jax.data import pipeline as P
+  from attn_jax.data import sources
+  raw = sources.image_source(config.data, config.data.eval_split)
+  images, _ = eval_images(data, num)
+  applied = []
+  for i in range(len(images)):
+    img = np.asarray(raw[i]["image"])
+    img = img if img.ndim == 3 else img[..., None]
+    applied.append(P.draw_affine(P.eval_warp_rng(img), config.data.rotate,
+                                 config.data.translate)[0])
+  thetas = np.concatenate([stn_outputs(model, variables, images[k:k + 500])[1]
+                           for k in range(0, len(images), 500)])
+  stn = np.degrees(np.arctan2(thetas[:, 1, 0], thetas[:, 0, 0]))
+  applied = np.asarray(applied)
+  return {"r": float(np.corrcoef(applied, stn)[0, 1]),
+          "slope": float(np.polyfit(applied, stn, 1)[0]), "n": int(len(applied))}
+
+
 def _block_order(key: str) -> tuple[int, ...]:
   return tuple(int(n) for n in re.findall(r"\d+", key.split("/")[0]))
 
@@ -224,10 +250,17 @@ def visualize(config, workdir: str, what: str, out: str | None = None, num: int 
     gates, counts = gates_by_class(model, variables, data.eval_batches(), num_classes, num)
     keys = list(gates)
     chosen = {k: gates[k] for k in dict.fromkeys([keys[0], keys[-1]])}
+    # Class specificity of a block: std over classes of each channel's mean gate, averaged
+    # over channels (SE paper: early blocks class-agnostic, late blocks class-specific).
+    spread = {k: float(g.std(axis=0).mean()) for k, g in chosen.items()}
+    print("gate std across classes (mean over channels): " +
+          ", ".join(f"{k}: {v:.3f}" for k, v in spread.items()))
     title = (f"ResNet + {config.model.get('attention', '?').upper()}: channel gates averaged per "
-             f"class over {int(counts.sum())} {split} images, step {step}")
+             f"class over {int(counts.sum())} {split} images, step {step}; std across classes "
+             + " vs ".join(f"{v:.3f}" for v in spread.values()))
     path = G.gates_per_class(chosen, names, out, title, counts)
-    return {"path": path, "step": step, "arrays": {"gates": gates, "counts": counts}}
+    return {"path": path, "step": step, "arrays": {"gates": gates, "counts": counts,
+                                                   "class_spread": spread}}
   images, labels = eval_images(data, max(num, 1))
   if what == "rollout":
     if name != "vit":
@@ -240,10 +273,17 @@ def visualize(config, workdir: str, what: str, out: str | None = None, num: int 
   if what == "stn":
     warped, theta = stn_outputs(model, variables, images)
     title = f"Spatial Transformer: {split} images (top) and their warped outputs, step {step}"
+    fit = None
+    if config.data.rotate:
+      fit = stn_rotation_fit(config, model, variables, data)
+      print(f"STN rotation vs applied rotation over {fit['n']} {split} images: "
+            f"r = {fit['r']:.3f}, slope = {fit['slope']:.3f}")
+      title += (f"\nrotation of the STN's warp vs the rotation applied to the digit "
+                f"({fit['n']} images): r = {fit['r']:.2f}, slope {fit['slope']:.2f}")
     path = G.stn_warps(_denormalize(config, images), _denormalize(config, warped), out,
                        labels, names, title)
     return {"path": path, "step": step, "arrays": {"images": images, "warped": warped,
-                                                   "theta": theta}}
+                                                   "theta": theta, "rotation_fit": fit}}
   # swin: stage 0's token grid and shifted-window mask, drawn over one test image
   if name != "swin":
     raise ValueError(f"--what=swin needs model.name='swin', got {name!r}.")

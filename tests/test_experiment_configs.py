@@ -134,3 +134,21 @@ def test_config_trains_a_few_steps_on_tiny_data(name, arg, tiny_data, tmp_path):
   assert 0.0 <= out["eval"]["eval_accuracy"] <= 1.0
   record = json.load(open(tmp_path / "run" / "run.json"))
   assert record["step"] == 2 and record["num_params"] > 0 and record["eval"]["step"] == 2
+
+
+IMAGE_CASES = [(n, a) for n, a in TRAIN if load_config(n, a).data.source == "local"]
+
+
+@pytest.mark.parametrize("name,arg", IMAGE_CASES, ids=[f"{n}:{a}" if a else n for n, a in IMAGE_CASES])
+def test_image_configs_read_the_tfds_catalog_by_name(name, arg):
+  """With internet a user switches to tfds with one flag; mock_data stands in for the catalog."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = load_config(name, arg)
+  config.data.source = "tfds"
+  config.batch_size = 4
+  with tfds.testing.mock_data(num_examples=8):
+    data = sources.build(config)
+    batch = data.train.batch_at(0)
+  size = config.data.canvas or {"cifar10": 32}.get(config.data.name, 28)
+  assert batch["image"].shape[:3] == (4, size, size) and batch["label"].shape == (4,)
+  assert data.info["num_classes"] == 10

@@ -112,3 +112,13 @@ def test_results_table_rows_and_anchors(tmp_path):
   md = results.table(rows)
   assert md.count("\n| ") == 2 and "| 93.00 | 92.3 | yes |" in md and "1 x cpu (test)" in md
   assert results.row(str(tmp_path / "missing")) is None
+
+
+def test_a_test_images_warp_angle_can_be_recomputed():
+  """experiments.visualize's STN analysis redraws each test image's angle this way."""
+  img = np.random.default_rng(2).integers(0, 255, (9, 9, 1)).astype(np.uint8)
+  ev = P.image_preprocess([0.0], [1 / 255], rotate=45, train=False)   # identity normalization
+  angle, _ = P.draw_affine(P.eval_warp_rng(img), 45)
+  assert -45 <= angle <= 45 and angle != 0
+  expected = P.random_affine(img, _Fixed(angle), rotate=45).astype(np.float32)
+  np.testing.assert_allclose(ev({"image": img, "label": 0})["image"], expected, atol=1e-3)

@@ -106,20 +106,34 @@ def eval_batches(source: Sequence[Example], global_batch: int, collate: Collate 
 # ----- image preprocessing ------------------------------------------------------------------
 
 
+def draw_affine(rng: np.random.Generator, rotate: float = 0.0,
+                translate: int = 0) -> tuple[float, np.ndarray]:
+  """(angle in degrees, uniform in [-rotate, rotate]; integer shift [dy, dx] in
+  [-translate, translate]); nothing is drawn for a zero range."""
+  angle = float(rng.uniform(-rotate, rotate)) if rotate else 0.0
+  shift = rng.integers(-translate, translate + 1, size=2) if translate else np.zeros(2, np.int64)
+  return angle, shift
+
+
+def eval_warp_rng(img: np.ndarray) -> np.random.Generator:
+  """The generator of a test image's fixed warp: seeded by the image's bytes (order-free)."""
+  return np.random.default_rng(zlib.crc32(np.ascontiguousarray(img).tobytes()))
+
+
 def random_affine(img: np.ndarray, rng: np.random.Generator, rotate: float = 0.0,
                   translate: int = 0, canvas: int = 0) -> np.ndarray:
   """Places `img` [h, w, c] centred on a `canvas` x `canvas` black image (if larger), rotates it
-  by a uniform angle in [-rotate, rotate] degrees about the centre and shifts it by uniform
-  integer pixels in [-translate, translate] per axis (bilinear, zero fill) -> same dtype."""
+  by a uniform angle in [-rotate, rotate] degrees about the centre (counter-clockwise as
+  displayed: +90 is `np.rot90(img, 1)`) and shifts it by uniform integer pixels in
+  [-translate, translate] per axis (bilinear, zero fill) -> same dtype."""
   from scipy import ndimage
   h, w = img.shape[:2]
   if canvas > max(h, w):
     top, left = (canvas - h) // 2, (canvas - w) // 2
     img = np.pad(img, ((top, canvas - h - top), (left, canvas - w - left), (0, 0)))
     h = w = canvas
-  angle = np.deg2rad(rng.uniform(-rotate, rotate)) if rotate else 0.0
-  shift = rng.integers(-translate, translate + 1, size=2) if translate else np.zeros(2)
-  cos, sin = np.cos(angle), np.sin(angle)
+  angle, shift = draw_affine(rng, rotate, translate)
+  cos, sin = np.cos(np.deg2rad(angle)), np.sin(np.deg2rad(angle))
   inv = np.array([[cos, sin], [-sin, cos]])          # output (y, x) -> input (y, x)
   centre = np.array([(h - 1) / 2, (w - 1) / 2])
   offset = centre - inv @ (centre + shift)
@@ -152,8 +166,7 @@ def image_preprocess(mean: Sequence[float], std: Sequence[float], *, crop_paddin
     def plain(ex: Example) -> Example:
       img = np.asarray(ex["image"])
       if warp:
-        rng = np.random.default_rng(zlib.crc32(img.tobytes()))
-        img = random_affine(img, rng, rotate, translate, canvas)
+        img = random_affine(img, eval_warp_rng(img), rotate, translate, canvas)
       return normalize(img, ex["label"])
     return plain
 
