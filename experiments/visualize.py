@@ -255,6 +255,14 @@ def visualize(config, workdir: str, what: str, out: str | None = None, num: int 
     spread = {k: float(g.std(axis=0).mean()) for k, g in chosen.items()}
     print("gate std across classes (mean over channels): " +
           ", ".join(f"{k}: {v:.3f}" for k, v in spread.items()))
+    # Which classes share a late gate pattern: correlation of the class-centred gates.
+    late = gates[keys[-1]] - gates[keys[-1]].mean(axis=0)
+    corr = np.corrcoef(late)
+    pairs = sorted(((corr[i, j], i, j) for i in range(num_classes)
+                    for j in range(i + 1, num_classes)), reverse=True)[:4]
+    label = lambda i: names[i] if names else str(i)
+    print("most similar late gate patterns: " +
+          ", ".join(f"{label(i)}~{label(j)} r={c:.2f}" for c, i, j in pairs))
     title = (f"ResNet + {config.model.get('attention', '?').upper()}: channel gates averaged per "
              f"class over {int(counts.sum())} {split} images, step {step}; std across classes "
              + " vs ".join(f"{v:.3f}" for v in spread.values()))

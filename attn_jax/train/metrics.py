@@ -84,7 +84,8 @@ def command_line() -> str:
 
 
 def hardware() -> str:
-  """'<n> x <device kind> (<cpu model>, <cores> cores)' of this process, for result tables."""
+  """'<n> x <device kind> (<cpu model>, <cores> cores)' of this process, for result tables
+  (says so when the process is pinned to fewer cores, e.g. by `taskset`)."""
   import platform
 
   import jax
@@ -95,7 +96,10 @@ def hardware() -> str:
   except (OSError, StopIteration):
     pass
   devs = jax.devices()
-  return f"{len(devs)} x {devs[0].device_kind} ({cpu}, {os.cpu_count()} cores)"
+  cores = f"{os.cpu_count()} cores"
+  if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) < (os.cpu_count() or 0):
+    cores = f"pinned to {len(os.sched_getaffinity(0))} of {os.cpu_count()} cores"   # taskset
+  return f"{len(devs)} x {devs[0].device_kind} ({cpu}, {cores})"
 
 
 class RunRecord:
