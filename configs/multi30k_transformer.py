@@ -15,7 +15,7 @@ _ANCHORS = {"de_en": 36.5}   # published 10-epoch result (lower-cased word-level
 
 
 def direction(c, arg: str | None) -> None:
-  """Sets src/tgt languages from 'de_en' / 'en_de' (shared with the GRU config)."""
+  """Sets src/tgt languages from 'de_en' / 'en_de' (the GRU config inherits it via get_config)."""
   arg = arg or "de_en"
   if arg not in ("de_en", "en_de"):
     raise ValueError(f"config argument must be 'de_en' or 'en_de', got '{arg}'.")

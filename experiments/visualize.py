@@ -40,7 +40,7 @@ def translation_items(model, params, data, num: int, max_tokens: int = 15) -> li
   output tokens up to EOS, each a distribution over the source tokens incl. EOS),
   'src_tokens', 'tgt_tokens', 'reference', 'index' (position in the eval split)}."""
   from attn_jax.seq.decoding import greedy_decode
-  from attn_jax.train.visualize import _token
+  from attn_jax.train.visualize import token_text
   tok_src, tok_tgt = data.info["src_tokenizer"], data.info["tgt_tokenizer"]
   raw = data.info.get("eval_text")
   cands = []                                    # (index, src ids incl. EOS, tgt_out ids)
@@ -65,8 +65,8 @@ def translation_items(model, params, data, num: int, max_tokens: int = 15) -> li
     n_out = int(eos[0]) + 1 if len(eos) else tokens.shape[1]
     ref = raw[k][1] if raw else tok_tgt.decode(tgt_out)
     items.append({"attention": attn[r, :n_out, :len(ids)], "index": k, "reference": ref,
-                  "src_tokens": [_label(_token(tok_src, t)) for t in ids],
-                  "tgt_tokens": [_label(_token(tok_tgt, t)) for t in tokens[r, :n_out]]})
+                  "src_tokens": [_label(token_text(tok_src, t)) for t in ids],
+                  "tgt_tokens": [_label(token_text(tok_tgt, t)) for t in tokens[r, :n_out]]})
   return items
 
 

@@ -92,9 +92,11 @@ def metric_sums(family: str, logits: jax.Array, batch: Batch, label_smoothing: f
   w = (targets != 0).astype(jnp.float32) * ex_w[:, None]
   n = w.sum()
   exact = losses.sequence_exact_match(jnp.argmax(logits, -1), targets, per_example=True)
-  # nll_sum: unsmoothed cross-entropy, for perplexity (the loss may be label-smoothed).
-  return {"loss_sum": losses.cross_entropy(logits, targets, label_smoothing, weights=w) * n,
-          "nll_sum": losses.cross_entropy(logits, targets, 0.0, weights=w) * n,
+  loss_sum = losses.cross_entropy(logits, targets, label_smoothing, weights=w) * n
+  # nll_sum: unsmoothed cross-entropy, for perplexity; a second pass only if the loss is smoothed.
+  nll_sum = (losses.cross_entropy(logits, targets, 0.0, weights=w) * n if label_smoothing
+             else loss_sum)
+  return {"loss_sum": loss_sum, "nll_sum": nll_sum,
           "correct": losses.accuracy(logits, targets, weights=w) * n, "weight": n,
           "examples": ex_w.sum(), "exact": (exact.astype(jnp.float32) * ex_w).sum()}
 

@@ -48,8 +48,8 @@ def save_heatmap(model, family: str, host_state, data, workdir: str) -> str | No
     s_len, t_len = int((src != 0).sum()), int((tgt != 0).sum())
     cross = [m for m in maps if m.shape == (batch["tgt_in"].shape[1], src.shape[0])]
     a = (cross or maps)[-1][:t_len, :s_len]
-    xlabels = [_token(data.info["src_tokenizer"], i) for i in src[:s_len]]
-    ylabels = [_token(data.info["tgt_tokenizer"], i) for i in tgt[:t_len]]
+    xlabels = [token_text(data.info["src_tokenizer"], i) for i in src[:s_len]]
+    ylabels = [token_text(data.info["tgt_tokenizer"], i) for i in tgt[:t_len]]
   else:
     a = maps[-1]
   fig = Figure(figsize=(max(4, 0.3 * a.shape[1] + 2), max(3, 0.3 * a.shape[0] + 1.5)))
@@ -68,7 +68,7 @@ def save_heatmap(model, family: str, host_state, data, workdir: str) -> str | No
   return path
 
 
-def _token(tok: Any, i: int) -> str:
+def token_text(tok: Any, i: int) -> str:
   """One id -> its text (char vocab, word list or sentencepiece)."""
   i = int(i)
   if i == 2:
