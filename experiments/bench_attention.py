@@ -7,7 +7,8 @@ Peers: `default` (`F.attention`, implementation=None: what every module runs),
 Layout: batch B, 8 heads, head dim 64, f32 (or `--dtype`).
 
 Per cell (batch, N, causal, mode in fwd / fwd+bwd) it reports the median time
-after compile (`block_until_ready`) over `--repeats` calls in each of `--rounds`
+after compile (`block_until_ready`) over `--repeats` calls (more for short cells, up to
+`--min-seconds` per implementation and round) in each of `--rounds`
 interleaved rounds (each implementation takes its turn in every round, the order
 alternating), achieved
 GFLOP/s (forward 4*B*H*N^2*D, halved when causal; forward+backward 3.5x forward),
@@ -171,15 +172,15 @@ def bench(args) -> dict:
         step = compiled[(id(c), impl)]
         if r == 0 and c["n"] <= 8192:  # warm-up (long cells: the first call's overhead is noise)
           jax.block_until_ready(step(*xs))
-        spent = 0.0
-        for i in range(args.repeats):
+        spent, i = 0.0, 0
+        # >= --repeats calls and >= --min-seconds (short cells: many calls, a stable median),
+        # but stop after --max-seconds (long cells: fewer repeats; rounds still interleave).
+        while (i < args.repeats or spent < args.min_seconds) and not (i and spent > args.max_seconds):
           t0 = time.perf_counter()
           jax.block_until_ready(step(*xs))
           dt = time.perf_counter() - t0
           c["samples"].setdefault(impl, []).append(dt)
-          spent += dt
-          if spent > args.max_seconds:
-            break  # long cells: fewer repeats per round (rounds still interleave)
+          spent, i = spent + dt, i + 1
       print(f"round {r} B={c['b']} N={c['n']:6d} {c['mode']:7s} causal={c['causal']:d}: " +
             ", ".join(f"{i}={np.median(c['samples'][i]) * 1e3:.1f}ms" for i in c["impls"]),
             file=sys.stderr, flush=True)
@@ -233,6 +234,8 @@ def main(argv=None):
                  help="largest N for dense peers, forward+backward")
   p.add_argument("--repeats", type=int, default=3, help="timed calls per implementation per round")
   p.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
+  p.add_argument("--min-seconds", type=float, default=0.3,
+                 help="keep repeating a short cell within a round until it took this long")
   p.add_argument("--max-seconds", type=float, default=4.0,
                  help="stop repeating within a round once a cell took this long (>= 1 call)")
   p.add_argument("--rss", type=lambda s: [x for x in s.split(",") if x],

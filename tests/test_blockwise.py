@@ -35,8 +35,9 @@ CASES = ["none", "mask", "valid_lens", "per_query_lens", "bias", "causal", "caus
          "causal_lens_bias"]
 
 
+@pytest.mark.parametrize("tiles", [(32, 32), (None, None)], ids=["tiled", "one_tile"])
 @pytest.mark.parametrize("case", CASES)
-def test_forward_and_gradients_vs_float64(case):
+def test_forward_and_gradients_vs_float64(case, tiles):
   seed = np.random.SeedSequence().entropy % 2**31  # fresh inputs every run
   rng = np.random.default_rng(seed)
   nq, nk = (NK, NQ) if case == "causal_long_q" else (NQ, NK)
@@ -61,7 +62,7 @@ def test_forward_and_gradients_vs_float64(case):
 
   @jax.jit
   def loss(q, k, v, b):
-    out = F.blockwise_attention(q, k, v, bias=b, block_q=32, block_k=32, **kw)
+    out = F.blockwise_attention(q, k, v, bias=b, block_q=tiles[0], block_k=tiles[1], **kw)
     return jnp.vdot(out, g), out
 
   (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True)(
@@ -80,17 +81,17 @@ def test_forward_and_gradients_vs_float64(case):
     assert empty.any() and np.all(np.asarray(out)[empty] == 0)
 
 
-def test_backward_with_smaller_query_tiles(monkeypatch):
-  """The backward pass may split the forward's query tiles (BWD_TILE_SCORES)."""
-  monkeypatch.setattr(blockwise, "BWD_TILE_SCORES", 1)
-  assert blockwise._bwd_block_q(4, 128, 32) == 64
+@pytest.mark.parametrize("bwd", [(64, 32), (128, 16), (32, 8)])
+def test_backward_with_its_own_tiles(bwd):
+  """The backward pass may split the forward's tiles (block_q_bwd, block_k_bwd)."""
   rng = np.random.default_rng(5)
   q, k, v = _qkv(5, nq=200, nk=150)
   m = rng.random((2, 1, 200, 150)) < 0.7
   keep = m & np.tril(np.ones((200, 150), bool), k=-50)
   g = jnp.asarray(rng.normal(size=LEAD + (200, DV)), jnp.float32)
   loss = jax.jit(lambda q, k, v: jnp.vdot(F.blockwise_attention(
-      q, k, v, mask=jnp.asarray(m), is_causal=True, block_q=128, block_k=32), g))
+      q, k, v, mask=jnp.asarray(m), is_causal=True, block_q=128, block_k=32,
+      block_q_bwd=bwd[0], block_k_bwd=bwd[1]), g))
   grads = jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
   _, ref_grads, _ = _grads_ref(q, k, v, g, keep, None, 1 / np.sqrt(D))
   for name, gr, r in zip("qkv", grads, ref_grads):
@@ -124,7 +125,7 @@ def test_single_tile_bf16_and_2d_inputs():
                                          (64, 64, 64, 16)])
 def test_causal_visits_exactly_the_tiles_below_the_diagonal(nq, nk, bq, bk):
   """The loops visit a tile iff it has an unmasked entry, and mask it iff it has a masked one."""
-  cfg = blockwise._Cfg(bq, bk, bq, nq, nk, True, 1.0, ())
+  cfg = blockwise._Cfg(bq, bk, bq, bk, nq, nk, True, 1.0, ())
   n_qb, n_kb = -(-nq // bq), -(-nk // bk)
   keep = np.tril(np.ones((n_qb * bq, n_kb * bk), bool), k=nk - nq)
   tile = lambda i, j: keep[i * bq:(i + 1) * bq, j * bk:(j + 1) * bk]
@@ -174,6 +175,22 @@ def test_dispatch_errors():
       F.attention(q, k, v, implementation="cudnn")
   with pytest.raises(F.ShapeError, match="'mask'"):
     F.blockwise_attention(q, k, v, mask=jnp.ones((3, NQ, NK), bool))
+  with pytest.raises(ValueError, match="'block_q_bwd'=24 must divide block_q=32"):
+    F.blockwise_attention(q, k, v, block_q=32, block_k=32, block_q_bwd=24)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
+@pytest.mark.parametrize("z", [1, 8, 32, 256])
+def test_default_blocks_respect_the_budgets(backend, z):
+  t = blockwise.TILES[backend]
+  for causal in (False, True):
+    bq, bk, bqb, bkb = blockwise.default_blocks(z, causal, backend)
+    cap = t.max_block_q_causal if causal else t.max_block_q
+    assert (bk, bkb) == (t.block_k, t.block_k_bwd) and bq % bqb == 0
+    assert blockwise.MIN_BLOCK_Q <= bq <= cap and bqb <= bq
+    assert z * bq * bk <= t.scores or bq == blockwise.MIN_BLOCK_Q
+    assert z * bqb * bkb <= t.scores_bwd or bqb == blockwise.MIN_BLOCK_Q
+    assert bq == blockwise.MIN_BLOCK_Q or bq == cap or z * 2 * bq * bk > t.scores  # largest
 
 
 def test_benchmark_script_smoke(tmp_path, capsys):
@@ -181,7 +198,8 @@ def test_benchmark_script_smoke(tmp_path, capsys):
   out = tmp_path / "bench.json"
   cells = bench_attention.main(["--sizes", "64", "--batches", "1", "--causal", "1",
                                 "--modes", "fwd,fwdbwd", "--peers", "default,xla",
-                                "--repeats", "1", "--rounds", "2", "--rss", "", "--ceiling-n",
+                                "--repeats", "1", "--min-seconds", "0", "--rounds", "2",
+                                "--rss", "", "--ceiling-n",
                                 "256", "--out", str(out)])
   text = capsys.readouterr().out
   assert len(cells) == 2 and all(len(c["samples"]["xla"]) == 2 for c in cells)

@@ -44,6 +44,11 @@ def test_additive_matches_formula_and_shapes():
   assert rel_err(s, ref) < 1e-5
   with pytest.raises(F.ShapeError, match="params\\['W_k'\\]"):
     F.additive_scores(q, k, dict(p, W_k=p["W_q"]))
+  # Keys projected once by the caller (no 'W_k'): the same scores; wrong width is named.
+  no_wk = {"W_q": p["W_q"], "v": p["v"]}
+  assert rel_err(F.additive_scores(q, k @ p["W_k"], no_wk), ref) < 1e-5
+  with pytest.raises(F.ShapeError, match="k.*hidden=16"):
+    F.additive_scores(q, k, no_wk)
 
 
 @settings(max_examples=20, deadline=None)

@@ -30,16 +30,27 @@ from jax import lax
 from attn_jax.functional import _checks as C
 from attn_jax.functional import masks as M
 
-# Default tiles. XLA runs each op of a tile over all Z = batch*heads rows at once,
-# so the tile is sized by its score bytes: on CPU, interleaved runs at N = 4,096
-# and 8 heads (tile widths 128..2048) were fastest up to 2^17 scores per head
-# (512 x 256, 4 MiB of f32 scores for 8 heads) and 2-3x slower from 2^18, where
-# the tile's temporaries leave the cache. The backward pass holds four score-sized
-# temporaries, so it uses half as many query rows above BWD_TILE_SCORES.
-BLOCK_K = {"cpu": 256, "gpu": 128, "tpu": 512}
-TILE_SCORES = {"cpu": 2**20, "gpu": 2**14, "tpu": 2**18}  # Z * block_q * block_k, forward
-BWD_TILE_SCORES = 2**19
-MAX_BLOCK_Q = 1024
+# Default tiles, measured with experiments/tune_blocks.py (interleaved with jax.nn, see the
+# README). XLA runs each op of a tile over all Z = batch*heads rows at once and every
+# tile costs a loop iteration, so on CPU large tiles win: non-causal, forward 4096 x 512
+# at Z = 8 (1.5x faster than 512 x 256) and a score budget Z*block_q*block_k of 2^24
+# (64 MiB of f32 scores) at Z = 32; the backward, which holds four score-sized
+# temporaries, is fastest with full-height 256-wide key tiles. Causal attention skips the
+# tiles above the diagonal only if there are several query tiles: 512 rows won there.
+class Tiles(NamedTuple):
+  """Per-backend defaults: key width fwd/bwd, score budgets fwd/bwd, query-row caps."""
+  block_k: int
+  block_k_bwd: int
+  scores: int        # Z * block_q * block_k, forward
+  scores_bwd: int    # Z * block_q_bwd * block_k_bwd
+  max_block_q: int
+  max_block_q_causal: int
+
+
+TILES = {"cpu": Tiles(512, 256, 2**24, 2**23, 4096, 512),
+         "gpu": Tiles(128, 128, 2**14, 2**14, 1024, 1024),
+         "tpu": Tiles(512, 512, 2**18, 2**18, 1024, 1024)}
+MIN_BLOCK_Q = 64
 
 
 class _Cfg(NamedTuple):
@@ -47,6 +58,7 @@ class _Cfg(NamedTuple):
   block_q: int
   block_k: int
   block_q_bwd: int  # divides block_q
+  block_k_bwd: int  # divides block_k
   q_len: int      # unpadded lengths
   kv_len: int
   causal: bool
@@ -54,25 +66,31 @@ class _Cfg(NamedTuple):
   lead: tuple[int, ...]  # the broadcast leading axes that Z flattens
 
 
-def default_blocks(z: int, backend: str | None = None) -> tuple[int, int]:
-  """(block_q, block_k) used when none are given, for z = batch*heads rows on `backend`.
+def _pow2_rows(z: int, bk: int, budget: int, cap: int) -> int:
+  """The largest power of two in [MIN_BLOCK_Q, cap] with z * rows * bk <= budget."""
+  rows = MIN_BLOCK_Q
+  while rows * 2 <= cap and z * rows * 2 * bk <= budget:
+    rows *= 2
+  return rows
 
-  block_k is fixed per backend; block_q is the largest power of two in [64, 1024]
-  with z * block_q * block_k <= TILE_SCORES[backend].
+
+def default_blocks(z: int, causal: bool = False,
+                   backend: str | None = None) -> tuple[int, int, int, int]:
+  """(block_q, block_k, block_q_bwd, block_k_bwd) used when none are given, for
+  z = batch*heads rows on `backend` (before clipping to the sequence lengths).
+
+  block_k / block_k_bwd are fixed per backend (`TILES`); block_q is the largest power of
+  two up to `max_block_q` (`max_block_q_causal` when causal) within the forward score
+  budget; block_q_bwd the largest within the backward budget that divides block_q.
   """
-  backend = backend or jax.default_backend()
-  bk = BLOCK_K.get(backend, 256)
-  bq = 64
-  while bq < MAX_BLOCK_Q and z * 2 * bq * bk <= TILE_SCORES.get(backend, 2**20):
-    bq *= 2
-  return bq, bk
+  t = TILES.get(backend or jax.default_backend(), TILES["cpu"])
+  bq = _pow2_rows(z, t.block_k, t.scores, t.max_block_q_causal if causal else t.max_block_q)
+  return bq, t.block_k, _pow2_rows(z, t.block_k_bwd, t.scores_bwd, bq), t.block_k_bwd
 
 
-def _bwd_block_q(z: int, bq: int, bk: int) -> int:
-  """Query rows per backward tile: halved (while it divides) above BWD_TILE_SCORES."""
-  while z * bq * bk > BWD_TILE_SCORES and bq % 2 == 0 and bq > 64:
-    bq //= 2
-  return bq
+def _divisor_at_most(n: int, cap: int) -> int:
+  """The largest divisor of n that is <= cap (n's tiles must split evenly)."""
+  return next(d for d in range(min(n, cap), 0, -1) if n % d == 0)
 
 
 def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
@@ -82,7 +100,9 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                         valid_lens: jax.Array | None = None,
                         is_causal: bool = False,
                         block_q: int | None = None,
-                        block_k: int | None = None) -> jax.Array:
+                        block_k: int | None = None,
+                        block_q_bwd: int | None = None,
+                        block_k_bwd: int | None = None) -> jax.Array:
   """Scaled dot-product attention computed tile by tile (flash attention).
 
   Same semantics as `attention(..., implementation='reference')` with the default
@@ -97,7 +117,9 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     valid_lens: scalar, [batch] or [batch, q_len] number of valid keys.
     is_causal: query i sees keys j <= i + kv_len - q_len (aligned at the end).
     block_q, block_k: forward tile sizes (default `default_blocks`); clipped to the
-      lengths. The backward pass may use fewer query rows per tile (`BWD_TILE_SCORES`).
+      lengths.
+    block_q_bwd, block_k_bwd: backward tile sizes (default `default_blocks`); they must
+      divide block_q / block_k. `python -m experiments.tune_blocks` measures tile sizes.
   Returns:
     [..., q_len, d_v] in q's dtype. Scores, softmax and accumulation run in float32.
   """
@@ -114,12 +136,20 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     if x is not None:
       C.check_broadcastable(fn, name, x, shape, "[..., q_len, kv_len]")
   z = math.prod(lead)
-  dq_blk, dk_blk = default_blocks(z)
-  bq = max(1, min(block_q or dq_blk, nq))
-  bk = max(1, min(block_k or dk_blk, nk))
+  d_bq, d_bk, d_bqb, d_bkb = default_blocks(z, bool(is_causal))
+  bq = max(1, min(block_q or d_bq, nq))
+  bk = max(1, min(block_k or d_bk, nk))
+  # Backward tiles must split the forward's evenly; defaults fall back to a divisor.
+  bqb = min(block_q_bwd, bq) if block_q_bwd else _divisor_at_most(bq, d_bqb)
+  bkb = min(block_k_bwd, bk) if block_k_bwd else _divisor_at_most(bk, d_bkb)
+  for name, small, big, big_name in (("block_q_bwd", bqb, bq, "block_q"),
+                                     ("block_k_bwd", bkb, bk, "block_k")):
+    if big % small:
+      raise ValueError(f"{fn}(): argument '{name}'={small} must divide {big_name}={big} "
+                       "(after clipping to the sequence length).")
   nq_p, nk_p = -(-nq // bq) * bq, -(-nk // bk) * bk
   scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-  cfg = _Cfg(bq, bk, _bwd_block_q(z, bq, bk), nq, nk, bool(is_causal), scale, lead)
+  cfg = _Cfg(bq, bk, bqb, bkb, nq, nk, bool(is_causal), scale, lead)
 
   def flat(x, n_p):  # [..., n, d] -> [Z, n_p, d], zero-padded along n
     x = jnp.broadcast_to(x, lead + x.shape[-2:]).reshape((-1,) + x.shape[-2:])
@@ -179,9 +209,15 @@ def _untile(t, x_shape, lead):
   return jnp.sum(t, axis=axes, keepdims=True)
 
 
+def _scaled(q, scale):
+  """q * scale in q's dtype: O(N d) multiplies instead of O(N^2) on the scores. Forward
+  and backward both score with this same array, so the saved logsumexp matches."""
+  return q * jnp.asarray(scale, q.dtype)
+
+
 def _scores(cfg, qt, kt, qi, ki, mask, bias, lens, diag):
-  """Score tile [Z, bq, bk] in float32 with -inf at blocked keys."""
-  s = jnp.einsum("zqd,zkd->zqk", qt, kt, preferred_element_type=jnp.float32) * cfg.scale
+  """Score tile [Z, bq, bk] in float32 (qt already scaled) with -inf at blocked keys."""
+  s = jnp.einsum("zqd,zkd->zqk", qt, kt, preferred_element_type=jnp.float32)
   if bias is not None:
     s = s + _tile(bias, cfg.lead, qi, ki, cfg.block_q, cfg.block_k).astype(jnp.float32)
   keep = None
@@ -218,9 +254,35 @@ def _q_range(cfg, ki, n_qb):
   return lo, full, n_qb
 
 
+def _static(x) -> int | None:
+  """x as a Python int when it is known at trace time (not a tracer), else None."""
+  try:
+    return int(x)
+  except (jax.errors.ConcretizationTypeError, TypeError):
+    return None
+
+
+def _loop(lo, hi, body, carry):
+  """`lax.fori_loop`, but a trip count of 0 or 1 known at trace time runs without a
+  loop: a single tile (short sequences) then costs what the dense computation does."""
+  slo, shi = _static(lo), _static(hi)
+  if slo is not None and shi is not None and shi - slo <= 1:
+    return carry if shi <= slo else body(slo, carry)
+  return lax.fori_loop(lo, hi, body, carry)
+
+
+def _scan(f, init, n: int):
+  """`lax.scan(f, init, arange(n))`; n == 1 calls f once (static index 0, no loop)."""
+  if n == 1:
+    carry, ys = f(init, 0)
+    return carry, jax.tree.map(lambda y: y[None], ys)
+  return lax.scan(f, init, jnp.arange(n))
+
+
 def _forward(cfg, q, k, v, mask, bias, lens):
   """Returns out [Z, nq_p, d_v] (float32) and the row logsumexp [Z, nq_p]."""
   z, bq, bk = q.shape[0], cfg.block_q, cfg.block_k
+  q = _scaled(q, cfg.scale)
   n_kb = k.shape[1] // bk
 
   def q_block(i):
@@ -241,16 +303,27 @@ def _forward(cfg, q, k, v, mask, bias, lens):
       pv = jnp.einsum("zqk,zkd->zqd", p.astype(v.dtype), vt, preferred_element_type=jnp.float32)
       return m_new, l, acc * alpha[..., None] + pv
 
-    init = (jnp.full((z, bq), -jnp.inf, jnp.float32), jnp.zeros((z, bq), jnp.float32),
-            jnp.zeros((z, bq, v.shape[-1]), jnp.float32))
     full, hi = _k_range(cfg, qi, n_kb)
-    carry = lax.fori_loop(0, full, functools.partial(step, False), init)
-    m, l, acc = lax.fori_loop(full, hi, functools.partial(step, True), carry)
-    out = acc / jnp.where(l > 0, l, 1.0)[..., None]  # rows with no valid key: 0
-    lse = jnp.where(l > 0, m + jnp.log(jnp.where(l > 0, l, 1.0)), jnp.inf)
+    if _static(hi) == 1:  # one key tile: the dense softmax, normalised before the second
+      # matmul (XLA:CPU runs that form ~1.4x faster than scaling the matmul's output)
+      s = _scores(cfg, qt, k[:, :bk], qi, 0, mask, bias, lens, _static(full) == 0)
+      m = jnp.max(s, axis=-1)
+      p = jnp.exp(s - jnp.where(m == -jnp.inf, 0.0, m)[..., None])
+      l = jnp.sum(p, axis=-1)
+      l_safe = jnp.where(l > 0, l, 1.0)
+      out = jnp.einsum("zqk,zkd->zqd", (p / l_safe[..., None]).astype(v.dtype), v[:, :bk],
+                       preferred_element_type=jnp.float32)
+    else:
+      init = (jnp.full((z, bq), -jnp.inf, jnp.float32), jnp.zeros((z, bq), jnp.float32),
+              jnp.zeros((z, bq, v.shape[-1]), jnp.float32))
+      carry = _loop(0, full, functools.partial(step, False), init)
+      m, l, acc = _loop(full, hi, functools.partial(step, True), carry)
+      l_safe = jnp.where(l > 0, l, 1.0)
+      out = acc / l_safe[..., None]  # rows with no valid key: 0
+    lse = jnp.where(l > 0, m + jnp.log(l_safe), jnp.inf)
     return out, lse
 
-  outs, lses = lax.map(q_block, jnp.arange(q.shape[1] // bq))
+  _, (outs, lses) = _scan(lambda c, i: (c, q_block(i)), None, q.shape[1] // bq)
   out = jnp.moveaxis(outs, 0, 1).reshape(z, -1, v.shape[-1])
   return out, jnp.moveaxis(lses, 0, 1).reshape(z, -1)
 
@@ -273,9 +346,10 @@ def _flash_bwd(cfg, res, d_out):
   P is recomputed from the saved logsumexp; dQ (O(N)) is updated in place.
   """
   q, k, v, mask, bias, lens, out, lse = res
-  cfg = cfg._replace(block_q=cfg.block_q_bwd)  # smaller query tiles: 4 score temporaries
+  cfg = cfg._replace(block_q=cfg.block_q_bwd, block_k=cfg.block_k_bwd)  # 4 score temporaries
   z, bq, bk = q.shape[0], cfg.block_q, cfg.block_k
   n_qb = q.shape[1] // bq
+  q = _scaled(q, cfg.scale)  # so dK = dS^T (scale Q) needs no further scaling
   d_out = d_out.astype(jnp.float32)
   delta = jnp.sum(d_out * out, axis=-1)  # [Z, nq_p]
   dtype = v.dtype
@@ -309,17 +383,17 @@ def _flash_bwd(cfg, res, d_out):
     c = (dq, dbias, jnp.zeros((z, bk, k.shape[-1]), jnp.float32),
          jnp.zeros((z, bk, v.shape[-1]), jnp.float32))
     lo, full, hi = _q_range(cfg, ki, n_qb)
-    c = lax.fori_loop(lo, full, functools.partial(step, True), c)
-    dq, dbias, dk, dv = lax.fori_loop(full, hi, functools.partial(step, False), c)
+    c = _loop(lo, full, functools.partial(step, True), c)
+    dq, dbias, dk, dv = _loop(full, hi, functools.partial(step, False), c)
     return (dq, dbias), (dk, dv)
 
   dbias0 = None if bias is None else jnp.zeros(bias.shape, jnp.float32)
-  (dq, dbias), (dk, dv) = lax.scan(k_block, (jnp.zeros(q.shape, jnp.float32), dbias0),
-                                   jnp.arange(k.shape[1] // bk))
+  (dq, dbias), (dk, dv) = _scan(k_block, (jnp.zeros(q.shape, jnp.float32), dbias0),
+                                 k.shape[1] // bk)
   dk = jnp.moveaxis(dk, 0, 1).reshape(k.shape)
   dv = jnp.moveaxis(dv, 0, 1).reshape(v.shape)
   dbias = None if bias is None else dbias.astype(bias.dtype)
-  return ((dq * cfg.scale).astype(q.dtype), (dk * cfg.scale).astype(k.dtype), dv.astype(v.dtype),
+  return ((dq * cfg.scale).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
           None, dbias, None)
 
 

@@ -80,28 +80,36 @@ def additive_scores(q: jax.Array, k: jax.Array, params: dict[str, jax.Array]) ->
   """Additive (Bahdanau) scores `v^T tanh(W_q q + W_k k)`.
 
   Queries and keys may have different widths. Memory is O(q_len * kv_len * hidden).
+  Without 'W_k' in `params` the keys are taken as already projected (`k = keys @ W_k`,
+  width `hidden`): a decoder that scores the same keys at every step projects them once.
 
   Args:
     q: [..., q_len, d_q] queries.
-    k: [..., kv_len, d_k] keys.
-    params: {'W_q': [d_q, hidden], 'W_k': [d_k, hidden], 'v': [hidden]}
+    k: [..., kv_len, d_k] keys, or [..., kv_len, hidden] projected keys when 'W_k' is absent.
+    params: {'W_q': [d_q, hidden], 'W_k': [d_k, hidden] (optional), 'v': [hidden]}
       (see `init_additive_params`).
   Returns:
     [..., q_len, kv_len] scores.
   """
   fn = "additive_scores"
   _check_qk(fn, q, k, same_dim=False)
-  w_q, w_k, v = params["W_q"], params["W_k"], params["v"]
+  w_q, v = params["W_q"], params["v"]
   C.check_rank(fn, "params['v']", v, "[hidden]", rank=1)
   hidden = v.shape[0]
   C.check_rank(fn, "params['W_q']", w_q, f"[d_q={q.shape[-1]}, hidden={hidden}]", rank=2)
-  C.check_rank(fn, "params['W_k']", w_k, f"[d_k={k.shape[-1]}, hidden={hidden}]", rank=2)
   if w_q.shape != (q.shape[-1], hidden):
     C.fail(fn, "params['W_q']", w_q, f"[d_q={q.shape[-1]}, hidden={hidden}]")
-  if w_k.shape != (k.shape[-1], hidden):
-    C.fail(fn, "params['W_k']", w_k, f"[d_k={k.shape[-1]}, hidden={hidden}]")
+  if "W_k" in params:
+    w_k = params["W_k"]
+    C.check_rank(fn, "params['W_k']", w_k, f"[d_k={k.shape[-1]}, hidden={hidden}]", rank=2)
+    if w_k.shape != (k.shape[-1], hidden):
+      C.fail(fn, "params['W_k']", w_k, f"[d_k={k.shape[-1]}, hidden={hidden}]")
+    fk = k @ w_k                              # [..., kv_len, hidden]
+  elif k.shape[-1] != hidden:
+    C.fail(fn, "k", k, f"[..., kv_len, hidden={hidden}] (projected keys: params has no 'W_k')")
+  else:
+    fk = k
   fq = q @ w_q                                # [..., q_len, hidden]
-  fk = k @ w_k                                # [..., kv_len, hidden]
   feats = jnp.tanh(fq[..., :, None, :] + fk[..., None, :, :])  # [..., q, kv, hidden]
   return feats @ v
 

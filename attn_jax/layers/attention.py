@@ -136,14 +136,16 @@ class MultiHeadAttention(nn.Module):
     return ck.value, cv.value, mask
 
 
-def _additive_params(module: nn.Module, d_q: int, d_k: int, hidden: int) -> dict[str, jax.Array]:
-  """Declares the `F.additive_scores` parameters {'W_q', 'W_k', 'v'} on `module`."""
+def _additive_params(module: nn.Module, d_q: int, d_k: int | None,
+                     hidden: int) -> dict[str, jax.Array]:
+  """Declares the `F.additive_scores` parameters {'W_q', 'W_k', 'v'} on `module` ('W_k' only
+  when `d_k` is given: otherwise the caller passes projected keys)."""
   init = nn.initializers.xavier_uniform()
-  return {
-      "W_q": module.param("W_q", init, (d_q, hidden)),
-      "W_k": module.param("W_k", init, (d_k, hidden)),
-      "v": module.param("v", nn.initializers.normal(1.0 / hidden ** 0.5), (hidden,)),
-  }
+  params = {"W_q": module.param("W_q", init, (d_q, hidden)),
+            "v": module.param("v", nn.initializers.normal(1.0 / hidden ** 0.5), (hidden,))}
+  if d_k is not None:
+    params["W_k"] = module.param("W_k", init, (d_k, hidden))
+  return params
 
 
 class AdditiveAttention(nn.Module):
@@ -153,10 +155,14 @@ class AdditiveAttention(nn.Module):
     hidden: width of the tanh layer.
     dropout_rate: dropout on the weights when not deterministic.
     sow_weights: store the weights in 'intermediates' / 'attention_weights'.
+    project_keys: apply `W_k` here; False: the keys come projected ([batch, kv_len, hidden],
+      e.g. from a Dense applied once per source sentence), which saves a recurrent decoder
+      from projecting the same keys at every step.
   """
   hidden: int
   dropout_rate: float = 0.0
   sow_weights: bool = False
+  project_keys: bool = True
 
   @nn.compact
   def __call__(self, queries: jax.Array, keys: jax.Array, values: jax.Array, *,
@@ -164,7 +170,8 @@ class AdditiveAttention(nn.Module):
                deterministic: bool = True, return_weights: bool = False):
     """queries: [batch, q_len, d_q]; keys: [batch, kv_len, d_k]; values: [batch, kv_len, d_v]
     -> [batch, q_len, d_v], or (out, weights [batch, q_len, kv_len]) if `return_weights`."""
-    params = _additive_params(self, queries.shape[-1], keys.shape[-1], self.hidden)
+    d_k = keys.shape[-1] if self.project_keys else None
+    params = _additive_params(self, queries.shape[-1], d_k, self.hidden)
     rate = 0.0 if deterministic else self.dropout_rate
     out, weights = F.attention(
         queries, keys, values, score_fn=lambda q, k: F.additive_scores(q, k, params),

@@ -138,7 +138,7 @@ class DecoderStep(nn.Module):
     self.cells = [make_cell(self.cell, self.hidden) for _ in range(self.num_layers)]
     self.drop = nn.Dropout(self.dropout)
     if self.attention == "bahdanau":
-      self.attn = AdditiveAttention(self.hidden)
+      self.attn = AdditiveAttention(self.hidden, project_keys=False)  # keys come projected
     elif self.attention.startswith("luong"):
       self.attn = LuongAttention(self.attention[len("luong_"):], hidden=self.hidden)
       self.combine = nn.Dense(self.hidden, use_bias=False)
@@ -147,10 +147,24 @@ class DecoderStep(nn.Module):
   def __call__(self, state: dict, token: jax.Array, memory: jax.Array, keys: jax.Array,
                src_lens: jax.Array, context: jax.Array, deterministic: bool = True):
     """state; token [batch] previous ids; memory [batch, src_len, d_enc] encoder outputs;
-    keys [batch, src_len, d_key] attention keys; src_lens [batch]; context [batch, d_enc] (C).
+    keys [batch, src_len, d_key] attention keys ('bahdanau': projected, d_key = hidden);
+    src_lens [batch]; context [batch, d_enc] (C).
 
     Returns (state, (logits [batch, vocab], weights [batch, src_len]; zeros without attention)).
     """
+    state, (feats, weights) = self.features(state, token, memory, keys, src_lens, context,
+                                            deterministic)
+    return state, (self.logits(feats, deterministic), weights)
+
+  def logits(self, feats: jax.Array, deterministic: bool = True) -> jax.Array:
+    """feats [..., d_out] from `features` -> logits [..., vocab]. Teacher forcing applies it
+    once to every step's features (one large matmul instead of one per step)."""
+    return self.out(self.drop(feats, deterministic=deterministic))
+
+  def features(self, state: dict, token: jax.Array, memory: jax.Array, keys: jax.Array,
+               src_lens: jax.Array, context: jax.Array, deterministic: bool = True):
+    """As `__call__` but returns (state, (feats [batch, d_out], weights)): the inputs of the
+    output layer."""
     e = self.drop(self.embed(token), deterministic=deterministic)
     carry = list(state["carry"])
     weights = jnp.zeros(memory.shape[:2], jnp.float32)
@@ -179,5 +193,4 @@ class DecoderStep(nn.Module):
       x = feed = jnp.tanh(self.combine(jnp.concatenate([ctx, x], -1)))
     elif att == "none_context":
       x = jnp.concatenate([x, context], -1)
-    logits = self.out(self.drop(x, deterministic=deterministic))
-    return {"carry": tuple(carry), "feed": feed}, (logits, weights)
+    return {"carry": tuple(carry), "feed": feed}, (x, weights)

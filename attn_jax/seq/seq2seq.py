@@ -63,8 +63,10 @@ class Seq2Seq(nn.Module):
                                self.cell, self.attention, self.dropout)
     if self.attention != "none_context":
       self.bridge = [nn.Dense(self.hidden) for _ in range(self.num_layers)]
-    if self.attention == "luong_dot" and self.bidirectional:
-      self.key_proj = nn.Dense(self.hidden, use_bias=False)  # dot needs equal widths
+    if self.attention == "bahdanau" or (self.attention == "luong_dot" and self.bidirectional):
+      # bahdanau: W_k of the additive score, applied once per sentence, not at every step;
+      # luong_dot: dot needs equal widths.
+      self.key_proj = nn.Dense(self.hidden, use_bias=False)
 
   def encode(self, src: jax.Array, src_lens: jax.Array | None = None,
              deterministic: bool = True) -> dict:
@@ -94,15 +96,15 @@ class Seq2Seq(nn.Module):
     st = self.encode(src, src_lens, deterministic)
 
     def body(step, dec, token, memory, keys, lens, context):
-      return step(dec, token, memory, keys, lens, context, deterministic)
+      return step.features(dec, token, memory, keys, lens, context, deterministic)
 
     scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
                    in_axes=(1, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                    out_axes=1)
-    _, (logits, weights) = scan(self.decoder, st["dec"], tgt_in, st["memory"], st["keys"],
-                                st["src_lens"], st["context"])
+    _, (feats, weights) = scan(self.decoder, st["dec"], tgt_in, st["memory"], st["keys"],
+                               st["src_lens"], st["context"])
     self.sow("intermediates", "cross_attention", weights)
-    return logits
+    return self.decoder.logits(feats, deterministic)   # all steps in one matmul
 
   def init_decode_state(self, src: jax.Array, max_len: int,
                         src_lens: jax.Array | None = None) -> dict:
