@@ -63,6 +63,16 @@ def test_detokenize(tokens, text):
   assert detokenize(tokens) == text
 
 
+def test_truecasing_learned_from_training_text():
+  """German nouns get their capitals back; sentence-initial capitals do not count."""
+  from attn_jax.data.text import WordTokenizer
+  tok = WordTokenizer.fit(["Ein Hund läuft .", "Der Hund bellt .", "Ein Mann und ein Hund .",
+                           "Zwei Männer sehen den Hund ."], min_freq=1)
+  assert tok.case["hund"] == "Hund" and tok.case["mann"] == "Mann" and "ein" not in tok.case
+  assert tok.decode(tok.encode("Ein Mann und ein Hund .")) == "ein mann und ein hund ."
+  assert detokenize("ein mann und ein hund .", tok.case) == "Ein Mann und ein Hund."
+
+
 def test_run_record_sums_wall_time_over_resumptions(tmp_path, monkeypatch):
   cfg = base_config()
   monkeypatch.setattr(sys, "argv", ["x.py", "--a"])

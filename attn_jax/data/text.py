@@ -70,11 +70,17 @@ _WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
 
 class WordTokenizer:
-  """Lower-cased word/punctuation tokens; words seen fewer than `min_freq` times -> UNK."""
+  """Lower-cased word/punctuation tokens; words seen fewer than `min_freq` times -> UNK.
 
-  def __init__(self, vocab: Sequence[str]):
+  `case` maps a lower-cased word to its most frequent written form in the training texts
+  (counted away from the sentence start, where capitals say nothing), e.g. German nouns
+  'hund' -> 'Hund'; `detokenize(..., case=tok.case)` restores it for cased BLEU.
+  """
+
+  def __init__(self, vocab: Sequence[str], case: dict[str, str] | None = None):
     self.itos = list(vocab)
     self.stoi = {w: i for i, w in enumerate(self.itos)}
+    self.case = dict(case or {})
 
   @staticmethod
   def split(text: str) -> list[str]:
@@ -82,9 +88,18 @@ class WordTokenizer:
 
   @classmethod
   def fit(cls, texts: Iterable[str], min_freq: int = 2, max_size: int | None = None):
+    texts = list(texts)
     counts = collections.Counter(w for t in texts for w in cls.split(t))
     words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
-    return cls(list(SPECIALS) + words[:max_size])
+    words = words[:max_size]
+    forms = collections.Counter(w for t in texts for w in _WORD.findall(t)[1:])
+    best: dict[str, tuple[int, str]] = {}
+    for form, c in forms.items():
+      low = form.lower()
+      if (c, form) > best.get(low, (0, "")):
+        best[low] = (c, form)
+    case = {w: best[w][1] for w in words if w in best and best[w][1] != w}
+    return cls(list(SPECIALS) + words, case)
 
   @property
   def vocab_size(self) -> int:
@@ -131,9 +146,12 @@ _NO_SPACE_BEFORE = re.compile(r" ([.,!?;:%)\]}])")
 _CLITIC = re.compile(r" ' (s|t|re|ve|ll|d|m)\b")
 
 
-def detokenize(text: str) -> str:
+def detokenize(text: str, case: dict[str, str] | None = None) -> str:
   """Space-joined word tokens -> a sentence: no space before closing punctuation, first
-  letter upper-cased, clitics joined ("a dog ' s toy ." -> "A dog's toy.")."""
+  letter upper-cased, clitics joined ("a dog ' s toy ." -> "A dog's toy."); with `case`
+  (`WordTokenizer.case`) each word takes its usual written form ("ein hund" -> "Ein Hund")."""
+  if case:
+    text = " ".join(case.get(w, w) for w in text.split(" "))
   text = _CLITIC.sub(r"'\1", _NO_SPACE_BEFORE.sub(r"\1", text))
   return text[:1].upper() + text[1:]
 

@@ -18,11 +18,11 @@ import jax.numpy as jnp
 from attn_jax.functional import masks as M
 
 # CPU: from this many score entries per (batch, head) (q_len * kv_len) the blockwise
-# kernel beats the dense paths at batch 1 (experiments/bench_attention.py; the README's
-# table gives blockwise's time next to every cell where `None` picks the reference:
-# at N = 512 they tie). At batch 4 blockwise already wins at N = 512 causal, so a
-# threshold on batch * heads * q_len * kv_len may fit better (not measured yet).
-CPU_BLOCKWISE_MIN_SCORES = 1024 * 1024
+# kernel runs. A sequence that fits one tile costs what the dense path does forward
+# (the same fused ops) and its custom backward beats autodiff through the dense softmax
+# (experiments/bench_attention.py with `--peers default,blockwise,reference,...`).
+# Below it the reference path keeps forward-mode autodiff (jvp) for small problems.
+CPU_BLOCKWISE_MIN_SCORES = 256 * 256
 # cuDNN flash attention (jax 0.10 checks): fp16/bf16, head dim a multiple of 8 and
 # <= 128 (256 on Hopper; we stay conservative), equal q/k and v head dims (MLA needs
 # Hopper + cuDNN 9.10), even lengths when a bias (or a mask, which becomes a bias) is trained.

@@ -234,6 +234,13 @@ def _scores(cfg, qt, kt, qi, ki, mask, bias, lens, diag):
   return s if keep is None else jnp.where(keep, s, -jnp.inf)
 
 
+def _may_block(mask, lens, diag) -> bool:
+  """Whether a score tile can hold -inf (then rows need the NaN-safe softmax). Without
+  masks the plain form stays free of selects, which XLA:CPU fuses into one kernel with
+  the two matmuls (a select splits it into separate passes over the tile)."""
+  return mask is not None or lens is not None or bool(diag)
+
+
 def _k_range(cfg, qi, n_kb):
   """Key tiles [0, full) need no causal mask, [full, hi) straddle the diagonal."""
   if not cfg.causal:
@@ -296,7 +303,9 @@ def _forward(cfg, q, k, v, mask, bias, lens):
       vt = lax.dynamic_slice_in_dim(v, ki, bk, axis=1)
       s = _scores(cfg, qt, kt, qi, ki, mask, bias, lens, diag)
       m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-      m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # fully blocked so far: no NaN
+      m_safe = m_new  # finite unless masks can block a whole row so far:
+      if _may_block(mask, lens, diag):
+        m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # then no NaN
       p = jnp.exp(s - m_safe[..., None])
       alpha = jnp.exp(m - m_safe)
       l = l * alpha + jnp.sum(p, axis=-1)
@@ -306,11 +315,16 @@ def _forward(cfg, q, k, v, mask, bias, lens):
     full, hi = _k_range(cfg, qi, n_kb)
     if _static(hi) == 1:  # one key tile: the dense softmax, normalised before the second
       # matmul (XLA:CPU runs that form ~1.4x faster than scaling the matmul's output)
-      s = _scores(cfg, qt, k[:, :bk], qi, 0, mask, bias, lens, _static(full) == 0)
+      diag = _static(full) == 0
+      s = _scores(cfg, qt, k[:, :bk], qi, 0, mask, bias, lens, diag)
       m = jnp.max(s, axis=-1)
-      p = jnp.exp(s - jnp.where(m == -jnp.inf, 0.0, m)[..., None])
-      l = jnp.sum(p, axis=-1)
-      l_safe = jnp.where(l > 0, l, 1.0)
+      if _may_block(mask, lens, diag):
+        p = jnp.exp(s - jnp.where(m == -jnp.inf, 0.0, m)[..., None])
+        l = jnp.sum(p, axis=-1)
+        l_safe = jnp.where(l > 0, l, 1.0)
+      else:
+        p = jnp.exp(s - m[..., None])
+        l = l_safe = jnp.sum(p, axis=-1)
       out = jnp.einsum("zqk,zkd->zqd", (p / l_safe[..., None]).astype(v.dtype), v[:, :bk],
                        preferred_element_type=jnp.float32)
     else:

@@ -30,7 +30,8 @@ def decode_and_score(model, host_state, data, max_len: int | None = None,
   References are the raw eval sentences when the data has them (`info['eval_text']`, text
   sources), else the decoded target ids. Returns {'bleu' (cased), 'bleu_lower',
   'decoded_exact_match', 'examples': [(src, hyp, ref)]}. Word-tokenizer output is
-  lower-cased, so its cased BLEU only gets sentence-initial capitals back (`T.detokenize`).
+  lower-cased; `T.detokenize` gives it back sentence-initial capitals and each word's most
+  frequent training-set form (`WordTokenizer.case`: German nouns) for the cased BLEU.
   """
   from attn_jax.data import text as T
   from attn_jax.seq.decoding import beam_search, greedy_decode
@@ -47,7 +48,8 @@ def decode_and_score(model, host_state, data, max_len: int | None = None,
     for i in np.flatnonzero(batch["mask"]):
       k = len(hyps)
       hyp = tok_tgt.decode(tokens[i])
-      hyps.append(T.detokenize(hyp) if isinstance(tok_tgt, T.WordTokenizer) else hyp)
+      hyps.append(T.detokenize(hyp, tok_tgt.case) if isinstance(tok_tgt, T.WordTokenizer)
+                  else hyp)
       refs.append(raw[k][1] if raw else tok_tgt.decode(batch["tgt_out"][i]))
       srcs.append(raw[k][0] if raw else tok_src.decode(batch["src"][i]))
   exact = float(np.mean([h == r for h, r in zip(hyps, refs)])) if refs else 0.0
