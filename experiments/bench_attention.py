@@ -73,7 +73,11 @@ def make_fn(impl: str, causal: bool):
 
 
 def make_step(impl: str, causal: bool, mode: str):
-  f = make_fn(impl, causal)
+  return as_step(make_fn(impl, causal), mode)
+
+
+def as_step(f, mode: str):
+  """jit of f(q, k, v) ('fwd'), or of the gradients of <f(q, k, v), g> in q, k, v ('fwdbwd')."""
   if mode == "fwd":
     return jax.jit(f)
   # forward+backward: gradients of <out, g> with respect to q, k, v

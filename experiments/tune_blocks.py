@@ -9,7 +9,7 @@ alternating), median time after compile with `block_until_ready`. The default ti
   python -m experiments.tune_blocks --n 4096 --mode fwd --tiles 512x256,1024x512,2048x512
   python -m experiments.tune_blocks --n 4096 --mode fwdbwd --tiles 4096x512:4096x256,512x512:128
 
-Prints a markdown table, fastest first. Put the winner into `blockwise.TILES` for the
+Prints a markdown table, fastest first. Put the winner into `tiles.TILES` for the
 backend, then confirm with `experiments/bench_attention.py`.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 
 from attn_jax import functional as F
 from attn_jax.functional import blockwise as Bw
+from experiments import bench_attention as bench
 from experiments.bench_attention import HEAD_DIM, HEADS, flops, matmul_gflops
 
 
@@ -42,16 +43,10 @@ def parse_tile(s: str) -> tuple[int, int, int | None, int | None]:
 
 def make_step(tile, causal: bool, mode: str):
   if tile == "xla":
-    t = lambda x: jnp.swapaxes(x, 1, 2)
-    f = lambda q, k, v: t(jax.nn.dot_product_attention(t(q), t(k), t(v), is_causal=causal,
-                                                        implementation="xla"))
-  else:
-    bq, bk, bqb, bkb = (None,) * 4 if tile == "default" else tile
-    f = lambda q, k, v: F.blockwise_attention(q, k, v, is_causal=causal, block_q=bq, block_k=bk,
-                                              block_q_bwd=bqb, block_k_bwd=bkb)
-  if mode == "fwd":
-    return jax.jit(f)
-  return jax.jit(jax.grad(lambda q, k, v, g: jnp.vdot(f(q, k, v), g), argnums=(0, 1, 2)))
+    return bench.make_step("xla", causal, mode)
+  bq, bk, bqb, bkb = (None,) * 4 if tile == "default" else tile
+  return bench.as_step(lambda q, k, v: F.blockwise_attention(
+      q, k, v, is_causal=causal, block_q=bq, block_k=bk, block_q_bwd=bqb, block_k_bwd=bkb), mode)
 
 
 def main(argv=None):
