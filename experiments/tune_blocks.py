@@ -86,7 +86,7 @@ def main(argv=None):
   ceiling = matmul_gflops()
   med = {c: float(np.median(s)) for c, s in samples.items()}
   z = b * HEADS
-  bq0, bk0, bqb0, bkb0 = (min(x, n) for x in Bw.default_blocks(z, args.causal))
+  bq0, bk0, bqb0, bkb0 = (min(x, n) for x in Bw.default_blocks(z, args.causal, q_len=n, kv_len=n))
   label = lambda c: (f"default ({bq0}x{bk0}:{bqb0}x{bkb0})" if c == "default" else
                      "xla" if c == "xla" else
                      f"{c[0]}x{c[1]}" + (f":{c[2] or ''}" if c[2] or c[3] else "") +

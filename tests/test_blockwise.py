@@ -191,6 +191,20 @@ def test_default_blocks_respect_the_budgets(backend, z):
     assert z * bq * bk <= t.scores or bq == blockwise.MIN_BLOCK_Q
     assert z * bqb * bkb <= t.scores_bwd or bqb == blockwise.MIN_BLOCK_Q
     assert bq == blockwise.MIN_BLOCK_Q or bq == cap or z * 2 * bq * bk > t.scores  # largest
+  # Short causal sequences: square tiles within their own budgets (where the backend has
+  # them); one backward tile when one forward tile covers the sequence.
+  n = t.max_block_q_causal
+  short = blockwise.default_blocks(z, True, backend, q_len=n, kv_len=2 * n)
+  if not t.short_causal:
+    assert short == blockwise.default_blocks(z, True, backend, q_len=n + 1)
+    return
+  bq, bk, bqb, bkb = short
+  assert bq == bk and bqb == bkb and bq % bqb == 0 and bq <= n
+  for side, budget, cap in ((bq, t.short_causal, n), (bqb, t.short_causal_bwd, bq)):
+    assert side == blockwise.MIN_BLOCK_Q or z * side * side <= budget
+    assert side == blockwise.MIN_BLOCK_Q or side == cap or z * 4 * side * side > budget
+  one = blockwise.default_blocks(z, True, backend, q_len=bq, kv_len=bq)
+  assert one == ((bq,) * 4 if z * bq * bq <= t.scores_bwd else short)
 
 
 def test_benchmark_script_smoke(tmp_path, capsys):
