@@ -8,6 +8,7 @@ alternating), median time after compile with `block_until_ready`. The default ti
 
   python -m experiments.tune_blocks --n 4096 --mode fwd --tiles 512x256,1024x512,2048x512
   python -m experiments.tune_blocks --n 4096 --mode fwdbwd --tiles 4096x512:4096x256,512x512:128
+  python -m experiments.tune_blocks --n 512 --batch 4 --tiles '' --groups 8,32   # row groups
 
 Prints a markdown table, fastest first. Put the winner into `tiles.TILES` for the
 backend, then confirm with `experiments/bench_attention.py`.
@@ -42,11 +43,14 @@ def parse_tile(s: str) -> tuple[int, int, int | None, int | None]:
 
 
 def make_step(tile, causal: bool, mode: str):
+  """tile: 'default', 'xla', (bq, bk, bqb, bkb) or ('rows', g) (default tiles, groups of g)."""
   if tile == "xla":
     return bench.make_step("xla", causal, mode)
-  bq, bk, bqb, bkb = (None,) * 4 if tile == "default" else tile
+  group = tile[1] if tile[0] == "rows" else None
+  bq, bk, bqb, bkb = (None,) * 4 if tile == "default" or group else tile
   return bench.as_step(lambda q, k, v: F.blockwise_attention(
-      q, k, v, is_causal=causal, block_q=bq, block_k=bk, block_q_bwd=bqb, block_k_bwd=bkb), mode)
+      q, k, v, is_causal=causal, block_q=bq, block_k=bk, block_q_bwd=bqb, block_k_bwd=bkb,
+      group_size=group), mode)
 
 
 def main(argv=None):
@@ -57,13 +61,17 @@ def main(argv=None):
   p.add_argument("--causal", action="store_true")
   p.add_argument("--tiles", type=lambda s: [parse_tile(x) for x in s.split(",") if x],
                  default=[parse_tile(x) for x in "512x256,512x512,1024x512,2048x512,4096x512".split(",")])
+  p.add_argument("--groups", type=lambda s: [int(x) for x in s.split(",") if x], default=[],
+                 help="also run the default tiles with these forward group sizes (rows per "
+                      "kernel without gradients, blockwise_attention(group_size=...)), e.g. 8,32")
   p.add_argument("--no-xla", action="store_true", help="skip the dense peer (large N)")
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--min-seconds", type=float, default=1.0, help="per candidate and round")
   args = p.parse_args(argv)
 
   n, b = args.n, args.batch
-  cands = ["default"] + list(dict.fromkeys(args.tiles)) + ([] if args.no_xla else ["xla"])
+  cands = (["default"] + list(dict.fromkeys(args.tiles)) + [("rows", g) for g in args.groups] +
+           ([] if args.no_xla else ["xla"]))
   keys = jax.random.split(jax.random.key(0), 4)
   xs = [jax.random.normal(kk, (b, HEADS, n, HEAD_DIM), jnp.float32)
         for kk in keys[: 3 if args.mode == "fwd" else 4]]
@@ -86,9 +94,12 @@ def main(argv=None):
   ceiling = matmul_gflops()
   med = {c: float(np.median(s)) for c, s in samples.items()}
   z = b * HEADS
+  g0 = Bw.group_rows(z, args.causal, n) if args.mode == "fwd" else z
   bq0, bk0, bqb0, bkb0 = (min(x, n) for x in Bw.default_blocks(z, args.causal, q_len=n, kv_len=n))
-  label = lambda c: (f"default ({bq0}x{bk0}:{bqb0}x{bkb0})" if c == "default" else
+  label = lambda c: (f"default ({bq0}x{bk0}:{bqb0}x{bkb0}, forward groups of {g0})"
+                     if c == "default" else
                      "xla" if c == "xla" else
+                     f"default tiles, forward groups of {c[1]}" if c[0] == "rows" else
                      f"{c[0]}x{c[1]}" + (f":{c[2] or ''}" if c[2] or c[3] else "") +
                      (f"x{c[3]}" if c[3] else ""))
   print(f"# B={b} N={n} {args.mode} causal={int(args.causal)}; f32 matmul {ceiling:.0f} GFLOP/s; "

@@ -81,6 +81,41 @@ def test_forward_and_gradients_vs_float64(case, tiles):
     assert empty.any() and np.all(np.asarray(out)[empty] == 0)
 
 
+@pytest.mark.parametrize("group", [1, 3])
+@pytest.mark.parametrize("case", ["none", "valid_lens", "per_query_lens", "causal"])
+def test_forward_in_row_groups(case, group):
+  """Without gradients the forward may run the Z rows as independent groups (uneven: 4 rows
+  in 3 + 1); gradients (all rows at once) are unaffected by group_size."""
+  seed = np.random.SeedSequence().entropy % 2**31
+  rng = np.random.default_rng(seed)
+  q, k, v = _qkv(seed)
+  kw, keep = {}, np.ones((NQ, NK), bool)
+  if case != "none" and case != "causal":
+    lens = rng.integers(0, NK + 1, (2,) if case == "valid_lens" else (2, NQ))
+    kw["valid_lens"] = jnp.asarray(lens)
+    keep = keep & (np.arange(NK) < (lens[:, None, None, None] if lens.ndim == 1
+                                    else lens[:, None, :, None]))
+  if case == "causal":
+    kw["is_causal"], keep = True, np.tril(keep, k=NK - NQ)
+  g = jnp.asarray(rng.normal(size=LEAD + (NQ, DV)), jnp.float32)
+  loss = jax.jit(lambda q, k, v: (lambda o: (jnp.vdot(o, g), o))(F.blockwise_attention(
+      q, k, v, block_q=32, block_k=32, group_size=group, **kw)))  # gradients: one kernel
+  grads = jax.grad(lambda *a: loss(*a)[0], argnums=(0, 1, 2))(q, k, v)
+  out = jax.jit(lambda q, k, v: F.blockwise_attention(q, k, v, block_q=32, block_k=32,
+                                                      group_size=group, **kw))(q, k, v)
+  ref, ref_grads, _ = _grads_ref(q, k, v, g, keep, None, 1 / np.sqrt(D))
+  assert rel_err(out, ref) < 1e-5, (case, seed)
+  for name, gr, r in zip("qkv", grads, ref_grads):
+    assert rel_err(gr, r) < 1e-5, (case, name, seed)
+  if case != "none":  # rows with no valid key: exactly 0 in every group
+    empty = ~np.broadcast_to(keep, LEAD + (NQ, NK)).any(-1)
+    assert np.all(np.asarray(out)[empty] == 0)
+  loops = lambda gs: jax.jit(lambda q, k, v: F.blockwise_attention(
+      q, k, v, block_q=32, block_k=32, group_size=gs, **kw)).lower(q, k, v).as_text().count(
+          "stablehlo.while")
+  assert loops(group) == -(-4 // group) * loops(4) > 0  # one kernel per group
+
+
 @pytest.mark.parametrize("bwd", [(64, 32), (128, 16), (32, 8)])
 def test_backward_with_its_own_tiles(bwd):
   """The backward pass may split the forward's tiles (block_q_bwd, block_k_bwd)."""
@@ -125,7 +160,7 @@ def test_single_tile_bf16_and_2d_inputs():
                                          (64, 64, 64, 16)])
 def test_causal_visits_exactly_the_tiles_below_the_diagonal(nq, nk, bq, bk):
   """The loops visit a tile iff it has an unmasked entry, and mask it iff it has a masked one."""
-  cfg = blockwise._Cfg(bq, bk, bq, bk, nq, nk, True, 1.0, ())
+  cfg = blockwise._Cfg(bq, bk, bq, bk, nq, nk, True, 1.0, (), 1)
   n_qb, n_kb = -(-nq // bq), -(-nk // bk)
   keep = np.tril(np.ones((n_qb * bq, n_kb * bk), bool), k=nk - nq)
   tile = lambda i, j: keep[i * bq:(i + 1) * bq, j * bk:(j + 1) * bk]
@@ -205,6 +240,12 @@ def test_default_blocks_respect_the_budgets(backend, z):
     assert side == blockwise.MIN_BLOCK_Q or side == cap or z * 4 * side * side > budget
   one = blockwise.default_blocks(z, True, backend, q_len=bq, kv_len=bq)
   assert one == ((bq,) * 4 if z * bq * bq <= t.scores_bwd else short)
+  # Forward row groups: at least group_rows rows, at most max_groups groups; none for
+  # short causal sequences.
+  g = blockwise.group_rows(z, False, 4096, backend)
+  assert g == z or (t.group_rows <= g < z and -(-z // g) <= t.max_groups)
+  assert g == z or z > t.group_rows
+  assert blockwise.group_rows(z, True, n, backend) == z
 
 
 def test_benchmark_script_smoke(tmp_path, capsys):

@@ -31,7 +31,7 @@ from attn_jax.functional import _checks as C
 from attn_jax.functional import masks as M
 # Tile defaults live in tiles.py; re-exported here, where callers look for them.
 from attn_jax.functional.tiles import (MIN_BLOCK_Q, TILES, Tiles,  # noqa: F401
-                                       _divisor_at_most, default_blocks)
+                                       _divisor_at_most, default_blocks, group_rows)
 
 
 class _Cfg(NamedTuple):
@@ -45,6 +45,7 @@ class _Cfg(NamedTuple):
   causal: bool
   scale: float
   lead: tuple[int, ...]  # the broadcast leading axes that Z flattens
+  group: int      # the inference forward runs Z rows as independent kernels of this many
 
 
 def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
@@ -56,7 +57,8 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                         block_q: int | None = None,
                         block_k: int | None = None,
                         block_q_bwd: int | None = None,
-                        block_k_bwd: int | None = None) -> jax.Array:
+                        block_k_bwd: int | None = None,
+                        group_size: int | None = None) -> jax.Array:
   """Scaled dot-product attention computed tile by tile (flash attention).
 
   Same semantics as `attention(..., implementation='reference')` with the default
@@ -74,6 +76,9 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       lengths.
     block_q_bwd, block_k_bwd: backward tile sizes (default `default_blocks`); they must
       divide block_q / block_k. `python -m experiments.tune_blocks` measures tile sizes.
+    group_size: without gradients, the forward runs the Z = prod(leading axes) rows as
+      independent kernels of this many rows each (default `tiles.group_rows`; one kernel
+      when a mask or bias is given). Under `jax.grad` all rows run at once.
   Returns:
     [..., q_len, d_v] in q's dtype. Scores, softmax and accumulation run in float32.
   """
@@ -90,6 +95,10 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     if x is not None:
       C.check_broadcastable(fn, name, x, shape, "[..., q_len, kv_len]")
   z = math.prod(lead)
+  # The inference forward runs independent groups of rows (tiles.group_rows); a mask or
+  # bias keeps one group (its broadcast axes are not split along Z).
+  g = group_rows(z, bool(is_causal), nq) if group_size is None else max(1, min(group_size, z))
+  g = z if mask is not None or bias is not None else g
   d_bq, d_bk, d_bqb, d_bkb = default_blocks(z, bool(is_causal), q_len=nq, kv_len=nk)
   bq = max(1, min(block_q or d_bq, nq))
   bk = max(1, min(block_k or d_bk, nk))
@@ -103,7 +112,7 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                        "(after clipping to the sequence length).")
   nq_p, nk_p = -(-nq // bq) * bq, -(-nk // bk) * bk
   scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-  cfg = _Cfg(bq, bk, bqb, bkb, nq, nk, bool(is_causal), scale, lead)
+  cfg = _Cfg(bq, bk, bqb, bkb, nq, nk, bool(is_causal), scale, lead, g)
 
   def flat(x, n_p):  # [..., n, d] -> [Z, n_p, d], zero-padded along n
     x = jnp.broadcast_to(x, lead + x.shape[-2:]).reshape((-1,) + x.shape[-2:])
@@ -309,11 +318,21 @@ def _forward(cfg, q, k, v, mask, bias, lens):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _flash(cfg, q, k, v, mask, bias, lens):
-  """out [Z, nq_p, d_v] float32 for padded, flattened q [Z, nq_p, d], k/v [Z, nk_p, d]."""
-  return _forward(cfg, q, k, v, mask, bias, lens)[0]
+  """out [Z, nq_p, d_v] float32 for padded, flattened q [Z, nq_p, d], k/v [Z, nk_p, d].
+
+  Without gradients: `_forward` over independent groups of `cfg.group` rows (mask and bias
+  are None when there are several), kernels that XLA:CPU fuses and schedules on their own.
+  """
+  g = cfg.group
+  if g >= q.shape[0]:
+    return _forward(cfg, q, k, v, mask, bias, lens)[0]
+  rows = lambda x, s: x if x is None or x.shape[0] == 1 else x[s:s + g]
+  return jnp.concatenate([_forward(cfg, q[s:s + g], k[s:s + g], v[s:s + g], mask, bias,
+                                   rows(lens, s))[0] for s in range(0, q.shape[0], g)])
 
 
 def _flash_fwd(cfg, q, k, v, mask, bias, lens):
+  # With gradients: all rows at once (grouping measured slower for forward+backward).
   out, lse = _forward(cfg, q, k, v, mask, bias, lens)
   return out, (q, k, v, mask, bias, lens, out, lse)
 
