@@ -270,7 +270,8 @@ def main(argv=None):
   print(f"\n{args.dtype} matmul ceiling: {ceiling:.0f} GFLOP/s at start, {ceiling_end:.0f} at "
         "end; ratios (x) are peer time / ours; XLA MiB = temporaries + outputs by XLA's memory "
         "analysis (a lower bound; the fresh-process max RSS below is the real peak).\n")
-  print(table(cells, ceiling))
+  if cells:
+    print(table(cells, ceiling))
   if rss:
     print("\n| fresh process | N | mode | max RSS MiB | wall s (incl. compile) |\n|---|---|---|---|---|")
     for r in rss:
