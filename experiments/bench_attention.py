@@ -16,10 +16,16 @@ the fraction of the f32 matmul rate measured at the start, XLA's memory
 analysis of the compiled step (temporaries + outputs) and each peer's time over
 the default's. Dense peers run only up to `--dense-max-n` / `--dense-max-n-bwd` (they
 need B*H*N^2 floats); batch 4 only up to N = 4,096 (`--max-n`).
-`--rss` adds max-RSS measurements of fresh processes (`impl:N:mode`).
+`--rss` adds max-RSS measurements of fresh processes (`impl:N:mode`). The table also
+counts minor page faults per call (`ru_minflt`): XLA:CPU takes every large buffer fresh
+from the OS on each call, and on this VM a first touch costs ~1 us per 4 KiB page, so the
+dense peers spend about half their time faulting. `--malloc keep` re-runs the benchmark
+in a process whose glibc allocator keeps freed memory (`MALLOC_KEEP`), which removes
+those faults for every implementation alike (README, "Page faults").
 
   python -m experiments.bench_attention                      # the full run (~25 min quiet)
   python -m experiments.bench_attention --sizes 256,512 --batches 1 --rss ''   # smoke test
+  python -m experiments.bench_attention --malloc keep --sizes 1024,4096 --batches 1 --rss ''
 Writes a markdown table to stdout and `--out` (JSON with every sample).
 """
 from __future__ import annotations
@@ -28,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -85,6 +92,21 @@ def as_step(f, mode: str):
 
 
 DTYPE = jnp.float32  # --dtype
+
+# glibc settings that keep freed memory in the process (read at process start, hence the
+# re-exec): one arena, so XLA's worker threads do not allocate from per-thread heaps that
+# glibc trims; no mmap for large blocks; never trim; grow the heap in 1 GiB steps.
+MALLOC_KEEP = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
+               "MALLOC_TRIM_THRESHOLD_": str(2**36), "MALLOC_TOP_PAD_": str(2**30)}
+
+
+def malloc_mode() -> str:
+  """'keep' if this process runs with `MALLOC_KEEP`, else 'default'."""
+  return "keep" if all(os.environ.get(k) == v for k, v in MALLOC_KEEP.items()) else "default"
+
+
+def minor_faults() -> int:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def inputs(b: int, n: int, mode: str, seed: int = 0):
@@ -156,7 +178,7 @@ def bench(args) -> dict:
           if "default" in impls and "blockwise" in impls and default_impl(b, n) == "blockwise":
             impls.remove("default")  # the same kernel: measured once, as 'blockwise'
           cells.append(dict(b=b, n=n, causal=causal, mode=mode, impls=impls, samples={},
-                            xla_mib={}, default=default_impl(b, n)))
+                            faults={}, xla_mib={}, default=default_impl(b, n)))
   compiled = {}
   for c in cells:  # compile everything first: compile time is excluded
     for impl in c["impls"]:
@@ -176,7 +198,7 @@ def bench(args) -> dict:
         step = compiled[(id(c), impl)]
         if r == 0 and c["n"] <= 8192:  # warm-up (long cells: the first call's overhead is noise)
           jax.block_until_ready(step(*xs))
-        spent, i = 0.0, 0
+        spent, i, f0 = 0.0, 0, minor_faults()
         # >= --repeats calls and >= --min-seconds (short cells: many calls, a stable median),
         # but stop after --max-seconds (long cells: fewer repeats; rounds still interleave).
         while (i < args.repeats or spent < args.min_seconds) and not (i and spent > args.max_seconds):
@@ -185,6 +207,7 @@ def bench(args) -> dict:
           dt = time.perf_counter() - t0
           c["samples"].setdefault(impl, []).append(dt)
           spent, i = spent + dt, i + 1
+        c["faults"].setdefault(impl, []).append((minor_faults() - f0) / i)  # per call
       print(f"round {r} B={c['b']} N={c['n']:6d} {c['mode']:7s} causal={c['causal']:d}: " +
             ", ".join(f"{i}={np.median(c['samples'][i]) * 1e3:.1f}ms" for i in c["impls"]),
             file=sys.stderr, flush=True)
@@ -196,7 +219,10 @@ def table(cells, ceiling: float) -> str:
   peers = [p for p in PEERS + ("reference",) if p not in ("default", "blockwise")
            and any(p in c["samples"] for c in cells)]
   head = ["mode", "causal", "B", "N", "default picks", "ours ms", "GFLOP/s", "% matmul",
-          "ours XLA MiB"] + [f"{p} ms (x)" for p in peers] + ["vs best peer", "best peer XLA MiB"]
+          "ours XLA MiB", "ours faults/call"] + [f"{p} ms (x / x at matmul rate)" for p in peers] + [
+          "vs best peer", "best peer XLA MiB", "best peer faults/call"]
+  faults = lambda c, i: (f"{np.median(c['faults'][i]):.0f}" if c.get("faults", {}).get(i)
+                         else "—")
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for c in cells:
     med = {i: float(np.median(s)) for i, s in c["samples"].items()}
@@ -206,13 +232,17 @@ def table(cells, ceiling: float) -> str:
     t = med[ours]
     gf = flops(c["b"], c["n"], c["causal"], c["mode"]) / t / 1e9
     row = [c["mode"], "yes" if c["causal"] else "no", c["b"], c["n"], c["default"],
-           f"{t * 1e3:.1f}", f"{gf:.0f}", f"{100 * gf / ceiling:.0f}%", f"{c['xla_mib'][ours]:.0f}"]
-    for p in peers:
-      row.append(f"{med[p] * 1e3:.1f} ({med[p] / t:.2f}x)" if p in med else "—")
+           f"{t * 1e3:.1f}", f"{gf:.0f}", f"{100 * gf / ceiling:.0f}%", f"{c['xla_mib'][ours]:.0f}",
+           faults(c, ours)]
+    at_ceiling = ceiling * 1e9 / flops(c["b"], c["n"], c["causal"], c["mode"])  # calls/s
+    for p in peers:  # (ours, and what a kernel running at the matmul rate would reach)
+      row.append(f"{med[p] * 1e3:.1f} ({med[p] / t:.2f}x / {med[p] * at_ceiling:.2f}x)"
+                 if p in med else "—")
     dense = [p for p in peers if p in med]
     best = min(dense, key=med.get) if dense else None
     row.append(f"{med[best] / t:.2f}x ({best})" if best else "—")
     row.append(f"{c['xla_mib'][best]:.0f}" if best else "—")
+    row.append(faults(c, best) if best else "—")
     if "default" in med and "blockwise" in med:
       row[4] += f" (blockwise {med['blockwise'] * 1e3:.1f} ms)"
     lines.append("| " + " | ".join(map(str, row)) + " |")
@@ -247,10 +277,29 @@ def main(argv=None):
                           "flax:8192:fwd", "naive:8192:fwd"],
                  help="fresh-process max-RSS runs, impl:N:mode (batch 1, non-causal)")
   p.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
+  p.add_argument("--table", default=None, metavar="JSON",
+                 help="print the table of a saved run (--out of an earlier run) and exit")
   p.add_argument("--ceiling-n", type=int, default=4096, help="matmul size for the ceiling")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
   p.add_argument("--out", default="runs/bench_attention.json")
+  p.add_argument("--malloc", choices=["default", "keep"], default="default",
+                 help="keep: run in a child process with MALLOC_KEEP (no page faults on reuse)")
   args = p.parse_args(argv)
+  if args.table:
+    with open(args.table) as fh:
+      saved = json.load(fh)
+    print(f"# {saved['cpu']}, jax {saved['jax']}, {saved['dtype']}, matmul "
+          f"{saved['matmul_gflops'][0]:.0f} GFLOP/s, malloc {saved.get('malloc', 'default')}\n")
+    print(table(saved["cells"], saved["matmul_gflops"][0]))
+    return saved["cells"]
+  if args.malloc == "keep" and malloc_mode() != "keep":
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cmd = [sys.executable, "-m", "experiments.bench_attention", *argv]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # finds experiments/
+    path = os.pathsep.join(x for x in (root, os.environ.get("PYTHONPATH")) if x)
+    subprocess.run(cmd, env={**os.environ, **MALLOC_KEEP, "PYTHONPATH": path}, check=True)
+    with open(args.out) as fh:
+      return json.load(fh)["cells"]
   global DTYPE
   DTYPE = jnp.dtype(args.dtype)
   if args.rss_child:
@@ -263,7 +312,7 @@ def main(argv=None):
              platform.processor())
   print(f"# {cpu}, {os.cpu_count()} cores, jax {jax.__version__} {jax.default_backend()} "
         f"({jax.devices()[0].device_kind}), {args.dtype}, matmul (4096^2 jnp.dot) "
-        f"{ceiling:.0f} GFLOP/s", flush=True)
+        f"{ceiling:.0f} GFLOP/s, malloc {malloc_mode()}", flush=True)
   cells = bench(args)
   ceiling_end = matmul_gflops(args.ceiling_n)
   rss = [run_rss(s, False) for s in args.rss]
@@ -284,6 +333,7 @@ def main(argv=None):
   with open(args.out, "w") as fh:
     json.dump({"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__, "dtype": args.dtype,
                "device": jax.devices()[0].device_kind, "matmul_gflops": [ceiling, ceiling_end],
+               "malloc": malloc_mode(),
                "rss": rss, "cells": cells}, fh, indent=1)
   return cells
 

@@ -1,5 +1,6 @@
 """Blockwise (flash) attention and the backend dispatch: float64 references, small sizes only."""
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -259,6 +260,22 @@ def test_benchmark_script_smoke(tmp_path, capsys):
   text = capsys.readouterr().out
   assert len(cells) == 2 and all(len(c["samples"]["xla"]) == 2 for c in cells)
   assert "| fwdbwd | yes | 1 | 64 |" in text and out.exists()
+  assert all(len(c["faults"]["xla"]) == 2 and min(c["faults"]["xla"]) >= 0 for c in cells)
+  assert json.loads(out.read_text())["malloc"] == "default"
+  again = bench_attention.main(["--table", str(out)])  # re-print the saved run
+  assert len(again) == 2 and "| fwdbwd | yes | 1 | 64 |" in capsys.readouterr().out
+
+
+def test_benchmark_malloc_keep_runs_in_a_child_with_the_settings(tmp_path):
+  from experiments import bench_attention
+  out = tmp_path / "bench.json"
+  cells = bench_attention.main(["--malloc", "keep", "--sizes", "64", "--batches", "1",
+                                "--causal", "0", "--modes", "fwd", "--peers", "xla",
+                                "--repeats", "1", "--min-seconds", "0", "--rounds", "1",
+                                "--rss", "", "--ceiling-n", "256", "--out", str(out)])
+  assert json.loads(out.read_text())["malloc"] == "keep"
+  assert len(cells) == 1 and len(cells[0]["samples"]["xla"]) == 1
+  assert bench_attention.malloc_mode() == "default"  # this process is untouched
 
 
 def test_modules_dispatch_to_blockwise_at_long_lengths():
