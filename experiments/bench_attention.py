@@ -93,8 +93,8 @@ def as_step(f, mode: str):
 
 DTYPE = jnp.float32  # --dtype
 
-# glibc settings that keep freed memory in the process (read at process start, hence the
-# re-exec): one arena, so XLA's worker threads do not allocate from per-thread heaps that
+# glibc settings that keep freed memory in the process (glibc reads them at process start,
+# hence the child process): one arena, so XLA's worker threads do not allocate from per-thread heaps that
 # glibc trims; no mmap for large blocks; never trim; grow the heap in 1 GiB steps.
 MALLOC_KEEP = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
                "MALLOC_TRIM_THRESHOLD_": str(2**36), "MALLOC_TOP_PAD_": str(2**30)}
