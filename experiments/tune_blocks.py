@@ -4,7 +4,7 @@ Each candidate `BQxBK` (forward query rows x key columns per tile; `BQxBK:BQBxBK
 sets the backward's tile, `BQxBK:BQB` only its query rows) runs `F.blockwise_attention` on batch B, 8 heads, head dim 64,
 f32, interleaved with `jax.nn.dot_product_attention` (xla) over `--rounds` rounds (order
 alternating), median time after compile with `block_until_ready`. The default tiles
-(`blockwise.default_blocks`) are always included, as 'default'.
+(`tiles.default_blocks`) are always included, as 'default'.
 
   python -m experiments.tune_blocks --n 4096 --mode fwd --tiles 512x256,1024x512,2048x512
   python -m experiments.tune_blocks --n 4096 --mode fwdbwd --tiles 4096x512:4096x256,512x512:128
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attn_jax import functional as F
-from attn_jax.functional import blockwise as Bw
+from attn_jax.functional import tiles
 from experiments import bench_attention as bench
 from experiments.bench_attention import HEAD_DIM, HEADS, flops, matmul_gflops
 
@@ -94,8 +94,8 @@ def main(argv=None):
   ceiling = matmul_gflops()
   med = {c: float(np.median(s)) for c, s in samples.items()}
   z = b * HEADS
-  g0 = Bw.group_rows(z, args.causal, n) if args.mode == "fwd" else z
-  bq0, bk0, bqb0, bkb0 = (min(x, n) for x in Bw.default_blocks(z, args.causal, q_len=n, kv_len=n))
+  g0 = tiles.group_rows(z, args.causal, n) if args.mode == "fwd" else z
+  bq0, bk0, bqb0, bkb0 = (min(x, n) for x in tiles.default_blocks(z, args.causal, q_len=n, kv_len=n))
   label = lambda c: (f"default ({bq0}x{bk0}:{bqb0}x{bkb0}, forward groups of {g0})"
                      if c == "default" else
                      "xla" if c == "xla" else

@@ -9,6 +9,7 @@ import pytest
 
 from attn_jax import functional as F
 from attn_jax.functional import backends, blockwise
+from attn_jax.functional import tiles as tiling
 from reference import attention_ref, rel_err
 
 LEAD, NQ, NK, D, DV = (2, 2), 75, 100, 16, 8  # lengths not multiples of the 32-wide tiles
@@ -99,9 +100,9 @@ def test_forward_in_row_groups(case, group):
   if case == "causal":
     kw["is_causal"], keep = True, np.tril(keep, k=NK - NQ)
   g = jnp.asarray(rng.normal(size=LEAD + (NQ, DV)), jnp.float32)
-  loss = jax.jit(lambda q, k, v: (lambda o: (jnp.vdot(o, g), o))(F.blockwise_attention(
-      q, k, v, block_q=32, block_k=32, group_size=group, **kw)))  # gradients: one kernel
-  grads = jax.grad(lambda *a: loss(*a)[0], argnums=(0, 1, 2))(q, k, v)
+  loss = lambda q, k, v: jnp.vdot(F.blockwise_attention(
+      q, k, v, block_q=32, block_k=32, group_size=group, **kw), g)  # gradients: one kernel
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
   out = jax.jit(lambda q, k, v: F.blockwise_attention(q, k, v, block_q=32, block_k=32,
                                                       group_size=group, **kw))(q, k, v)
   ref, ref_grads, _ = _grads_ref(q, k, v, g, keep, None, 1 / np.sqrt(D))
@@ -218,35 +219,35 @@ def test_dispatch_errors():
 @pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
 @pytest.mark.parametrize("z", [1, 8, 32, 256])
 def test_default_blocks_respect_the_budgets(backend, z):
-  t = blockwise.TILES[backend]
+  t = tiling.TILES[backend]
   for causal in (False, True):
-    bq, bk, bqb, bkb = blockwise.default_blocks(z, causal, backend)
+    bq, bk, bqb, bkb = tiling.default_blocks(z, causal, backend)
     cap = t.max_block_q_causal if causal else t.max_block_q
     assert (bk, bkb) == (t.block_k, t.block_k_bwd) and bq % bqb == 0
-    assert blockwise.MIN_BLOCK_Q <= bq <= cap and bqb <= bq
-    assert z * bq * bk <= t.scores or bq == blockwise.MIN_BLOCK_Q
-    assert z * bqb * bkb <= t.scores_bwd or bqb == blockwise.MIN_BLOCK_Q
-    assert bq == blockwise.MIN_BLOCK_Q or bq == cap or z * 2 * bq * bk > t.scores  # largest
+    assert tiling.MIN_BLOCK_Q <= bq <= cap and bqb <= bq
+    assert z * bq * bk <= t.scores or bq == tiling.MIN_BLOCK_Q
+    assert z * bqb * bkb <= t.scores_bwd or bqb == tiling.MIN_BLOCK_Q
+    assert bq == tiling.MIN_BLOCK_Q or bq == cap or z * 2 * bq * bk > t.scores  # largest
   # Short causal sequences: square tiles within their own budgets (where the backend has
   # them); one backward tile when one forward tile covers the sequence.
   n = t.max_block_q_causal
-  short = blockwise.default_blocks(z, True, backend, q_len=n, kv_len=2 * n)
+  short = tiling.default_blocks(z, True, backend, q_len=n, kv_len=2 * n)
   if not t.short_causal:
-    assert short == blockwise.default_blocks(z, True, backend, q_len=n + 1)
+    assert short == tiling.default_blocks(z, True, backend, q_len=n + 1)
     return
   bq, bk, bqb, bkb = short
   assert bq == bk and bqb == bkb and bq % bqb == 0 and bq <= n
   for side, budget, cap in ((bq, t.short_causal, n), (bqb, t.short_causal_bwd, bq)):
-    assert side == blockwise.MIN_BLOCK_Q or z * side * side <= budget
-    assert side == blockwise.MIN_BLOCK_Q or side == cap or z * 4 * side * side > budget
-  one = blockwise.default_blocks(z, True, backend, q_len=bq, kv_len=bq)
+    assert side == tiling.MIN_BLOCK_Q or z * side * side <= budget
+    assert side == tiling.MIN_BLOCK_Q or side == cap or z * 4 * side * side > budget
+  one = tiling.default_blocks(z, True, backend, q_len=bq, kv_len=bq)
   assert one == ((bq,) * 4 if z * bq * bq <= t.scores_bwd else short)
   # Forward row groups: at least group_rows rows, at most max_groups groups; none for
   # short causal sequences.
-  g = blockwise.group_rows(z, False, 4096, backend)
+  g = tiling.group_rows(z, False, 4096, backend)
   assert g == z or (t.group_rows <= g < z and -(-z // g) <= t.max_groups)
   assert g == z or z > t.group_rows
-  assert blockwise.group_rows(z, True, n, backend) == z
+  assert tiling.group_rows(z, True, n, backend) == z
 
 
 def test_benchmark_script_smoke(tmp_path, capsys):

@@ -29,9 +29,7 @@ from jax import lax
 
 from attn_jax.functional import _checks as C
 from attn_jax.functional import masks as M
-# Tile defaults live in tiles.py; re-exported here, where callers look for them.
-from attn_jax.functional.tiles import (MIN_BLOCK_Q, TILES, Tiles,  # noqa: F401
-                                       _divisor_at_most, default_blocks, group_rows)
+from attn_jax.functional.tiles import default_blocks, divisor_at_most, group_rows
 
 
 class _Cfg(NamedTuple):
@@ -103,8 +101,8 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   bq = max(1, min(block_q or d_bq, nq))
   bk = max(1, min(block_k or d_bk, nk))
   # Backward tiles must split the forward's evenly; defaults fall back to a divisor.
-  bqb = min(block_q_bwd, bq) if block_q_bwd else _divisor_at_most(bq, d_bqb)
-  bkb = min(block_k_bwd, bk) if block_k_bwd else _divisor_at_most(bk, d_bkb)
+  bqb = min(block_q_bwd, bq) if block_q_bwd else divisor_at_most(bq, d_bqb)
+  bkb = min(block_k_bwd, bk) if block_k_bwd else divisor_at_most(bk, d_bkb)
   for name, small, big, big_name in (("block_q_bwd", bqb, bq, "block_q"),
                                      ("block_k_bwd", bkb, bk, "block_k")):
     if big % small:
@@ -193,7 +191,7 @@ def _scores(cfg, qt, kt, qi, ki, mask, bias, lens, diag):
   if diag:  # causal, only on tiles that straddle the diagonal
     rows = qi + lax.broadcasted_iota(jnp.int32, (1, cfg.block_q, 1), 1)
     c = rows + (cfg.kv_len - cfg.q_len) >= cols
-    if keep is None and _causal_only(cfg, mask, lens):
+    if _causal_only(cfg, mask, lens):  # then keep is None
       # A [1, bq, bk] additive -inf bias instead of a select on the [Z, bq, bk] scores:
       # XLA:CPU keeps an add inside the fused matmul-softmax-matmul kernel.
       return s + jnp.where(c, 0.0, -jnp.inf)

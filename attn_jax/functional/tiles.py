@@ -57,6 +57,11 @@ def _pow2_side(z: int, budget: int, cap: int) -> int:
   return side
 
 
+def _short_causal(t: Tiles, causal: bool, q_len: int | None) -> bool:
+  """Causal over at most `max_block_q_causal` queries, where `t` has square short tiles."""
+  return bool(causal and t.short_causal and q_len is not None and q_len <= t.max_block_q_causal)
+
+
 def default_blocks(z: int, causal: bool = False, backend: str | None = None,
                    q_len: int | None = None,
                    kv_len: int | None = None) -> tuple[int, int, int, int]:
@@ -71,7 +76,7 @@ def default_blocks(z: int, causal: bool = False, backend: str | None = None,
   covers q_len x kv_len, the backward uses it too (no loops; measured faster).
   """
   t = TILES.get(backend or jax.default_backend(), TILES["cpu"])
-  if causal and t.short_causal and q_len is not None and q_len <= t.max_block_q_causal:
+  if _short_causal(t, causal, q_len):
     side = _pow2_side(z, t.short_causal, t.max_block_q_causal)
     one_tile = q_len <= side and (kv_len or q_len) <= side and z * side * side <= t.scores_bwd
     side_bwd = side if one_tile else _pow2_side(z, t.short_causal_bwd, side)
@@ -92,12 +97,11 @@ def group_rows(z: int, causal: bool = False, q_len: int | None = None,
   gain either. The group count is capped (`max_groups`): each group is traced and compiled.
   """
   t = TILES.get(backend or jax.default_backend(), TILES["cpu"])
-  short_causal = causal and t.short_causal and q_len is not None and q_len <= t.max_block_q_causal
-  if not t.group_rows or z <= t.group_rows or short_causal:
+  if not t.group_rows or z <= t.group_rows or _short_causal(t, causal, q_len):
     return z
   return max(t.group_rows, -(-z // t.max_groups))
 
 
-def _divisor_at_most(n: int, cap: int) -> int:
+def divisor_at_most(n: int, cap: int) -> int:
   """The largest divisor of n that is <= cap (n's tiles must split evenly)."""
   return next(d for d in range(min(n, cap), 0, -1) if n % d == 0)
