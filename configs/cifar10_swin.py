@@ -11,7 +11,7 @@ from configs import cifar10_vit
 def get_config():
   c = cifar10_vit.get_config()
   c.model = ml_collections.ConfigDict({"name": "swin", "patch_size": 2, "window_size": 4,
-                                       "embed_dim": 96, "depths": (2, 2, 6, 2),
+                                       "width": 96, "depth": (2, 2, 6, 2),
                                        "num_heads": (3, 6, 12, 24), "drop_path_rate": 0.1})
   c.anchor.value = 90.0
   c.anchor.source = "Swin-T (window 4) from scratch on CIFAR-10"

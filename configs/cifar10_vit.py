@@ -14,11 +14,11 @@ def get_config():
   c = base_config()
   c.model.name = "vit"
   c.model.patch_size = 4
-  c.model.hidden = 384
+  c.model.width = 384
   c.model.depth = 7
   c.model.num_heads = 12
   c.model.mlp_dim = 384
-  c.model.dropout = 0.1
+  c.model.dropout_rate = 0.1
   c.model.drop_path_rate = 0.1
   c.data.source = "local"
   c.data.name = "cifar10"

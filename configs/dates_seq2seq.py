@@ -10,8 +10,8 @@ from attn_jax.train.config import base_config
 def get_config():
   c = base_config()
   c.model.name = "seq2seq"
-  c.model.embed_dim = 32
-  c.model.hidden = 64
+  c.model.embed_width = 32
+  c.model.width = 64
   c.model.cell = "gru"
   c.model.attention = "bahdanau"
   c.data.source = "task"

@@ -8,13 +8,13 @@ The config argument picks the attention in every residual block: `none`, `se`, `
 `--config.data.source=tfds --config.data.name=fashion_mnist` reads the tfds catalog.
 """
 from attn_jax.train.config import base_config
-from configs.fashion_mnist_vit import fashion_mnist_data
+from configs.common import fashion_mnist_data
 
 
 def get_config(arg: str | None = None):
   c = base_config()
   c.model.name = "resnet"
-  c.model.stage_sizes = (2, 2, 2, 2)
+  c.model.depth = (2, 2, 2, 2)
   c.model.width = 32
   c.model.attention = arg or "cbam"
   fashion_mnist_data(c)

@@ -5,7 +5,7 @@ from attn_jax.train.config import base_config
 def get_config():
   c = base_config()
   c.model.name = "mlp"
-  c.model.hidden = (256,)
+  c.model.widths = (256,)
   c.data.source = "local"
   c.data.name = "mnist"
   c.data.path = "../shared/data/mnist"

@@ -16,12 +16,12 @@ def get_config(arg: str | None = None):
     raise ValueError(f"config argument must be 'stn' or 'cnn', got '{arg}'.")
   c = base_config()
   c.model.name = "stn_cnn" if arg == "stn" else "cnn"
-  c.model.features = (16, 32)
-  c.model.hidden = 128
-  c.model.dropout = 0.3
+  c.model.widths = (16, 32)
+  c.model.mlp_dim = 128
+  c.model.dropout_rate = 0.3
   if arg == "stn":
-    c.model.stn_features = (8, 16)
-    c.model.stn_hidden = 32
+    c.model.stn_widths = (8, 16)
+    c.model.stn_mlp_dim = 32
   c.data.source = "local"
   c.data.name = "mnist"
   c.data.path = "../shared/data/mnist"

@@ -7,11 +7,11 @@ def get_config():
   c = base_config()
   c.model.name = "vit"
   c.model.patch_size = 4
-  c.model.hidden = 64
+  c.model.width = 64
   c.model.depth = 4
   c.model.num_heads = 4
   c.model.mlp_dim = 128
-  c.model.dropout = 0.1
+  c.model.dropout_rate = 0.1
   c.data.source = "local"
   c.data.name = "mnist"
   c.data.path = "../shared/data/mnist"

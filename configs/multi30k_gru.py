@@ -10,8 +10,9 @@ from configs import multi30k_transformer
 
 def get_config(arg: str | None = None):
   c = multi30k_transformer.get_config(arg)
-  c.model = type(c.model)({"name": "seq2seq", "embed_dim": 256, "hidden": 256, "cell": "gru",
-                           "attention": "bahdanau", "bidirectional": True, "dropout": 0.3})
+  c.model = type(c.model)({"name": "seq2seq", "embed_width": 256, "width": 256, "cell": "gru",
+                           "attention": "bahdanau", "bidirectional": True,
+                           "dropout_rate": 0.3})
   c.optim.learning_rate = 1e-3
   c.optim.b2 = 0.999
   c.optim.warmup_steps = 100

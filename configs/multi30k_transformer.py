@@ -1,8 +1,9 @@
-"""Transformer (3+3 layers, d_model 256, 8 heads, FFN 512) on Multi30k, 10 epochs.
+"""Transformer (3+3 layers, width 256, 8 heads, FFN 512) on Multi30k, 10 epochs.
 
-    python -m experiments.train --config configs/multi30k_transformer.py:de_en --workdir runs/m30k_tr_de_en
-    python -m experiments.evaluate --config configs/multi30k_transformer.py:de_en --workdir runs/m30k_tr_de_en \
-        --config.data.eval_split=test_2016_flickr
+    python -m experiments.train --config configs/multi30k_transformer.py:de_en \
+        --workdir runs/m30k_tr_de_en
+    python -m experiments.evaluate --config configs/multi30k_transformer.py:de_en \
+        --workdir runs/m30k_tr_de_en --config.data.eval_split=test_2016_flickr
 
 The config argument is the direction, `de_en` (default) or `en_de`. Reads the raw files in
 `../shared/data/multi30k` (train / val / test_2016_flickr); lower-cased word vocabularies
@@ -10,26 +11,20 @@ The config argument is the direction, `de_en` (default) or `en_de`. Reads the ra
 cased subwords.
 """
 from attn_jax.train.config import base_config
+from configs.common import direction
 
 _ANCHORS = {"de_en": 36.5}   # published 10-epoch result (lower-cased word-level BLEU)
-
-
-def direction(c, arg: str | None) -> None:
-  """Sets src/tgt languages from 'de_en' / 'en_de' (the GRU config inherits it via get_config)."""
-  arg = arg or "de_en"
-  if arg not in ("de_en", "en_de"):
-    raise ValueError(f"config argument must be 'de_en' or 'en_de', got '{arg}'.")
-  c.data.src_lang, c.data.tgt_lang = arg.split("_")
 
 
 def get_config(arg: str | None = None):
   c = base_config()
   c.model.name = "transformer"
-  c.model.d_model = 256
+  c.model.width = 256
   c.model.num_heads = 8
-  c.model.d_ff = 512
-  c.model.num_layers = 3
-  c.model.dropout = 0.1
+  c.model.mlp_dim = 512
+  c.model.depth = 3
+  c.model.dropout_rate = 0.1
+  c.model.attention_dropout_rate = 0.0   # 0 keeps every attention call on the fast kernels
   c.data.source = "multi30k"
   c.data.path = "../shared/data/multi30k"
   direction(c, arg)
@@ -53,6 +48,7 @@ def get_config(arg: str | None = None):
   lang = f"{c.data.src_lang}_{c.data.tgt_lang}"
   c.anchor.metric = "bleu_lower"
   c.anchor.value = _ANCHORS.get(lang, 0.0)
-  c.anchor.source = ("Transformer 3+3, 256 hidden, 8 heads, FFN 512, 10 epochs, test_2016_flickr "
-                     "(shared/data README)" if lang in _ANCHORS else "no published anchor for this direction")
+  c.anchor.source = ("Transformer 3+3, 256 hidden, 8 heads, FFN 512, 10 epochs, "
+                     "test_2016_flickr (shared/data README)" if lang in _ANCHORS
+                     else "no published anchor for this direction")
   return c

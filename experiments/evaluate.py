@@ -5,7 +5,9 @@
 Prints the eval metrics of the latest checkpoint (or --step, or --best): loss and accuracy;
 for seq2seq models also perplexity, decoded exact match and sacrebleu BLEU on detokenized text,
 cased and lower-cased (greedy, or beam search with --beam=4), with a few decoded examples. The
-metrics are also written to `<workdir>/eval_<split>.json`, which `experiments.results` reads:
+metrics are also written to `<workdir>/eval_<split>.json`, which `experiments.results` reads.
+Without `--config` the run's own config (`<workdir>/config.json`) is used, plus any
+`--config.<key>=` overrides (e.g. the eval split); errors print as one line and exit 2:
 
     python -m experiments.evaluate --config configs/multi30k_transformer.py:de_en \
         --workdir runs/m30k_tr_de_en --config.data.eval_split=test_2016_flickr --best --beam=4
@@ -19,24 +21,30 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from attn_jax.train.evaluation import evaluate_checkpoint
+from attn_jax.analysis.evaluation import evaluate_checkpoint
+from attn_jax.train import cli, runconfig
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs", "dates_seq2seq.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Workdir holding checkpoints/.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-_SHOW = flags.DEFINE_integer("show", 5, "Decoded examples to print (seq2seq).")
-_BEAM = flags.DEFINE_integer("beam", 1, "Beam size for seq2seq decoding (1 = greedy).")
-_BEST = flags.DEFINE_bool("best", False, "Evaluate the best checkpoint (config.best_metric).")
+
+
+def define_flags() -> None:
+  """Defines the flags (when run as a script, after `cli.run` has checked argv)."""
+  global _CONFIG, _WORKDIR, _STEP, _SHOW, _BEAM, _BEST
+  _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.",
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Workdir holding checkpoints/.")
+  _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  _SHOW = flags.DEFINE_integer("show", 5, "Decoded examples to print (seq2seq).")
+  _BEAM = flags.DEFINE_integer("beam", 1, "Beam size for seq2seq decoding (1 = greedy).")
+  _BEST = flags.DEFINE_bool("best", False, "Evaluate the best checkpoint (config.best_metric).")
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  config = _CONFIG.value
+  config = runconfig.resolve(_CONFIG.value, _WORKDIR.value)
   m = evaluate_checkpoint(config, _WORKDIR.value, _STEP.value, beam_size=_BEAM.value,
                           best=_BEST.value)
   examples = m.pop("examples", [])
@@ -51,4 +59,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, argv=sys.argv)
+  cli.run(main, _DEFAULT_CONFIG, define_flags)

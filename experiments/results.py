@@ -37,17 +37,17 @@ def _load(path: str) -> dict[str, Any] | None:
 def _model_name(m: dict[str, Any]) -> str:
   name = m.get("name", "?")
   if name == "resnet":
-    depth = 2 + 2 * sum(m.get("stage_sizes", (2, 2, 2, 2)))   # basic blocks: 2 convs each
+    depth = 2 + 2 * sum(m.get("depth", (2, 2, 2, 2)))   # basic blocks: 2 convs each
     return f"ResNet{depth} w{m.get('width')} + {m.get('attention', 'none')}"
   if name == "vit":
-    return f"ViT d{m.get('depth')} w{m.get('hidden')} p{m.get('patch_size')}"
+    return f"ViT d{m.get('depth')} w{m.get('width')} p{m.get('patch_size')}"
   if name == "swin":
-    return f"Swin {tuple(m.get('depths', ()))} w{m.get('embed_dim')} win{m.get('window_size')}"
+    return f"Swin {tuple(m.get('depth', ()))} w{m.get('width')} win{m.get('window_size')}"
   if name == "transformer":
-    return f"Transformer {m.get('num_layers')}+{m.get('num_layers')} d{m.get('d_model')}"
+    return f"Transformer {m.get('depth')}+{m.get('depth')} w{m.get('width')}"
   if name == "seq2seq":
     bi = "bi" if m.get("bidirectional") else ""
-    return f"{bi}{m.get('cell', 'gru').upper()} {m.get('hidden')} + {m.get('attention')}"
+    return f"{bi}{m.get('cell', 'gru').upper()} {m.get('width')} + {m.get('attention')}"
   if name == "stn_cnn":
     return "STN + CNN"
   if name == "cnn":

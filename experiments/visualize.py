@@ -5,7 +5,7 @@
         --what=translation --num=4 --out docs/m30k_tr_cross_attention.png
 
 Restores the run's checkpoint (latest, `--step`, or `--best`) with the run's own config
-(`attn_jax.train.evaluation.restore`), takes `--num` examples of the eval split and draws:
+(`attn_jax.analysis.evaluation.restore`), takes `--num` examples of the eval split and draws:
 
   translation  seq2seq (GRU + Bahdanau, Transformer): greedy-decoded eval sentences of at most
                --max_tokens source tokens, cross-attention of each output token over the source
@@ -40,7 +40,7 @@ def translation_items(model, params, data, num: int, max_tokens: int = 15) -> li
   output tokens up to EOS, each a distribution over the source tokens incl. EOS),
   'src_tokens', 'tgt_tokens', 'reference', 'index' (position in the eval split)}."""
   from attn_jax.seq.decoding import greedy_decode
-  from attn_jax.train.visualize import token_text
+  from attn_jax.analysis.heatmaps import token_text
   tok_src, tok_tgt = data.info["src_tokenizer"], data.info["tgt_tokenizer"]
   raw = data.info.get("eval_text")
   cands = []                                    # (index, src ids incl. EOS, tgt_out ids)
@@ -198,7 +198,7 @@ def gates_by_class(model, variables, batches: Iterator[dict[str, np.ndarray]], n
 # ----- one figure --------------------------------------------------------------------------
 
 def _class_names(config, num_classes: int):
-  from attn_jax.train.figures import CLASS_NAMES
+  from attn_jax.analysis.figures import CLASS_NAMES
   names = CLASS_NAMES.get(config.data.name)
   return names if names is not None and len(names) == num_classes else None
 
@@ -216,23 +216,24 @@ def visualize(config, workdir: str, what: str, out: str | None = None, num: int 
 
   Returns {'path': the PNG, 'step': the restored step, 'arrays': what was plotted}.
   """
-  from attn_jax.train import figures as G
-  from attn_jax.train.evaluation import restore
+  from attn_jax.analysis import figures as G
+  from attn_jax.analysis.evaluation import restore
   if what not in WHATS:
     raise ValueError(f"--what must be one of {WHATS}, got {what!r}.")
   num = DEFAULT_NUM[what] if num is None else num
   out = out or os.path.join(workdir, f"{what}.png")
+  from attn_jax.train.tasks import ClassificationTask, Seq2SeqTask
   s, host_state, step = restore(config, workdir, step, best)
   host_state = jax.device_get(host_state)
-  model, data, name = s["model"], s["data"], config.model.name
+  model, data, name = s.model, s.data, config.model.name
   variables = {"params": host_state.params, **host_state.model_state}
   split = config.data.eval_split
   if what == "translation":
-    if s["family"] != "seq2seq":
+    if not isinstance(s.task, Seq2SeqTask):
       raise ValueError(f"--what=translation needs a seq2seq model, got model.name={name!r}.")
     items = translation_items(model, host_state.params, data, num, max_tokens)
     if name == "transformer":
-      n_dec = model.dec_layers or model.num_layers
+      n_dec = model.decoder_depth or model.depth
       desc = (f"Transformer: cross-attention of the last decoder layer (of {n_dec}), "
               f"{model.num_heads} heads averaged")
     else:
@@ -242,7 +243,7 @@ def visualize(config, workdir: str, what: str, out: str | None = None, num: int 
         [(it["attention"], it["src_tokens"], it["tgt_tokens"]) for it in items], out, title,
         captions=[f"#{it['index']} reference: {it['reference']}" for it in items])
     return {"path": path, "step": step, "arrays": items}
-  if s["family"] != "classification":
+  if not isinstance(s.task, ClassificationTask):
     raise ValueError(f"--what={what} needs an image classifier, got model.name={name!r}.")
   num_classes = data.info["num_classes"]
   names = _class_names(config, num_classes)
@@ -340,10 +341,13 @@ def define_flags(flag_values=None, argv: list[str] | None = None) -> dict[str, A
   }
 
 
-def run(holders: dict[str, Any]) -> dict[str, Any]:
-  """`visualize` with the parsed flags."""
+def run(holders: dict[str, Any], argv: list[str] | None = None) -> dict[str, Any]:
+  """`visualize` with the parsed flags. Without `--config=<file>` in `argv` (default
+  sys.argv) the workdir's saved config is used, plus the `--config.<key>` overrides."""
+  from attn_jax.train import runconfig
   v = {k: h.value for k, h in holders.items()}
-  return visualize(v["config"], v["workdir"], v["what"], v["out"], v["num"], v["step"],
+  config = runconfig.resolve(v["config"], v["workdir"], argv)
+  return visualize(config, v["workdir"], v["what"], v["out"], v["num"], v["step"],
                    v["best"], v["max_tokens"])
 
 
@@ -358,5 +362,9 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   from absl import app
-  _HOLDERS = define_flags()
-  app.run(main, argv=sys.argv)
+  from attn_jax.train import cli
+
+  def _define() -> None:
+    global _HOLDERS
+    _HOLDERS = define_flags()
+  cli.run(main, _DEFAULT_CONFIG, _define)

@@ -25,8 +25,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Config files that take an argument, with every argument they accept.
 ARGS = {"fashion_mnist_resnet": ("none", "se", "eca", "cbam"), "mnist_stn": ("stn", "cnn"),
         "multi30k_transformer": ("de_en", "en_de"), "multi30k_gru": ("de_en", "en_de")}
+# Every experiment file (those with a get_config; configs/common.py holds shared pieces).
 CASES = [(os.path.basename(p)[:-3], a)
          for p in sorted(glob.glob(os.path.join(ROOT, "configs", "[!_]*.py")))
+         if "def get_config" in open(p).read()
          for a in ARGS.get(os.path.basename(p)[:-3], (None,))]
 
 
@@ -72,8 +74,8 @@ def tiny_data(tmp_path_factory):
 
 
 # Smaller values for whichever of these model keys a config has (same architecture family).
-_SHRINK = {"depth": 1, "hidden": 16, "mlp_dim": 16, "num_heads": 2, "embed_dim": 16,
-           "d_model": 16, "d_ff": 16, "num_layers": 1, "width": 8, "stn_hidden": 8}
+_SHRINK = {"depth": 1, "width": 16, "mlp_dim": 16, "num_heads": 2, "embed_width": 16,
+           "stn_mlp_dim": 8}
 
 
 def shrink(config, data_path: str):
@@ -81,11 +83,11 @@ def shrink(config, data_path: str):
   for k, v in _SHRINK.items():
     if k in c.model and not isinstance(c.model[k], tuple):
       c.model[k] = v
-  for k in ("depths", "stage_sizes", "features", "stn_features"):
-    if k in c.model:
-      c.model[k] = (1,) * len(c.model[k]) if k in ("depths", "stage_sizes") else (4,) * len(c.model[k])
-  if "depths" in c.model:                       # Swin: heads per stage
-    c.model.num_heads = (2,) * len(c.model.depths)
+  for k in ("depth", "widths", "stn_widths"):   # per-stage tuples
+    if k in c.model and isinstance(c.model[k], tuple):
+      c.model[k] = (1,) * len(c.model[k]) if k == "depth" else (4,) * len(c.model[k])
+  if isinstance(c.model.get("num_heads"), tuple):   # Swin: heads per stage
+    c.model.num_heads = (2,) * len(c.model.depth)
   c.data.path = data_path
   c.data.max_eval_examples = 8
   c.num_steps, c.eval_every, c.checkpoint_every, c.log_every = 2, 2, 2, 1
@@ -109,12 +111,12 @@ def test_config_validates_and_its_model_builds(name, arg, tiny_data):
   config.data.path = _data_path(config, tiny_data) or config.data.path
   config.batch_size = 8
   data = sources.build(config)
-  model, family = models_lib.build_model(config.model, data.info)
+  model, task = models_lib.build_model(config.model, data.info)
   batch = data.train.batch_at(0)
-  inputs = ((batch["image"],) if family == "classification" else (batch["src"], batch["tgt_in"]))
+  inputs = task.inputs(batch)
   shapes = jax.eval_shape(lambda *x: model.init({"params": jax.random.key(0)}, *x), *inputs)
   logits = jax.eval_shape(lambda v, *x: model.apply(v, *x), shapes, *inputs)
-  n_out = data.info["num_classes"] if family == "classification" else data.info["tgt_vocab"]
+  n_out = data.info["num_classes"] if task.data_kind == "image" else data.info["tgt_vocab"]
   assert logits.shape[-1] == n_out
   if config.anchor.metric:                       # every experiment names its published anchor
     assert config.anchor.source

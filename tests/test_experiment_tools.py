@@ -104,11 +104,11 @@ def _fake_run(root, name, cfg, step, eval_metrics, test=None):
 
 def test_results_table_rows_and_anchors(tmp_path):
   vit = base_config()
-  vit.model = ml_collections.ConfigDict({"name": "vit", "depth": 6, "hidden": 96, "patch_size": 4})
+  vit.model = ml_collections.ConfigDict({"name": "vit", "depth": 6, "width": 96, "patch_size": 4})
   vit.data.name, vit.num_steps = "fashion_mnist", 4700
   vit.anchor.metric, vit.anchor.value, vit.anchor.source = "accuracy", 92.3, "small ViT"
   tr = base_config()
-  tr.model = ml_collections.ConfigDict({"name": "transformer", "num_layers": 3, "d_model": 256})
+  tr.model = ml_collections.ConfigDict({"name": "transformer", "depth": 3, "width": 256})
   tr.data.source, tr.num_steps, tr.batch_size = "multi30k", 1150, 128
   tr.anchor.metric, tr.anchor.value, tr.anchor.source = "bleu_lower", 36.5, "Transformer"
   rows = [results.row(_fake_run(tmp_path, "vit", vit, 4700, {"eval_accuracy": 0.93})),

@@ -2,12 +2,13 @@
 to end on tiny runs (a few training steps on generated dates and on tiny IDX files)."""
 import os
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from attn_jax import functional as F
-from attn_jax.train import figures as G
+from attn_jax.analysis import figures as G
 from attn_jax.train.loop import train_and_evaluate   # what experiments.train runs
 from experiments import visualize as V
 from test_data_readers import make_idx_folder
@@ -69,7 +70,7 @@ def test_every_figure_writes_a_png(tmp_path):
 _DATES = {"num_steps": 6, "eval_every": 3, "checkpoint_every": 3, "log_every": 3,
           "data.num_train": 256, "data.num_eval": 40, "data.buckets": (32,),   # one compile
           "batch_size": 32, "eval_batch_size": 20, "optim.warmup_steps": 1, "heatmap": False,
-          "progress": "off", "model.embed_dim": 16, "model.hidden": 32,
+          "progress": "off", "model.embed_width": 16, "model.width": 32,
           "best_metric": "eval_loss", "best_mode": "max"}
 
 
@@ -120,11 +121,11 @@ def _init_checkpoint(config, workdir, edit=None):
   from attn_jax.train import checkpoint as ckpt_lib
   from attn_jax.train import loop
   s = loop.setup(config, workdir)
-  state = s["host_state"]
+  state = jax.device_get(s.init_state())
   if edit is not None:
     state = state.replace(params=edit(state.params))
   ckpt = ckpt_lib.Checkpointer(workdir, 1, async_save=False)
-  ckpt.save(1, state, s["data"].train.get_state(), force=True)
+  ckpt.save(1, state, s.data.train.get_state(), force=True)
   ckpt.close()
 
 
@@ -134,7 +135,7 @@ def idx_root(tmp_path_factory):
 
 
 def test_gates_per_class_end_to_end(idx_root, tmp_path):
-  c = _idx_config(idx_root, {"name": "resnet", "stage_sizes": (2,), "width": 4,
+  c = _idx_config(idx_root, {"name": "resnet", "depth": (2,), "width": 4,
                              "attention": "cbam"})
   w = str(tmp_path / "w")
   _init_checkpoint(c, w)
@@ -149,8 +150,8 @@ def test_gates_per_class_end_to_end(idx_root, tmp_path):
 
 
 def test_stn_end_to_end(idx_root, tmp_path):
-  c = _idx_config(idx_root, {"name": "stn_cnn", "features": (4,), "hidden": 8,
-                             "stn_features": (4,), "stn_hidden": 8},
+  c = _idx_config(idx_root, {"name": "stn_cnn", "widths": (4,), "mlp_dim": 8,
+                             "stn_widths": (4,), "stn_mlp_dim": 8},
                   canvas=12, rotate=30.0, translate=1)
   w = str(tmp_path / "w")
   rot = np.array([[0.8, -0.6, 0.1], [0.6, 0.8, 0.0]], np.float32)   # rotation + shift

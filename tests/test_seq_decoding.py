@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from attn_jax.data.tasks import reverse_task
 from attn_jax.seq import (EOS, PAD, Seq2Seq, Transformer, beam_search, greedy_decode,
-                          length_penalty_factor, reverse_task)
+                          length_penalty_factor)
 
 SRC, TGT, VOCAB = reverse_task(16, seed=3, min_len=2, max_len=6)
 SRC = jnp.asarray(SRC)
@@ -16,20 +17,23 @@ V = VOCAB.size
 MAX_LEN = 7
 
 
-def _init(model, scale):
-  """Random weights, the output layer scaled so some hypotheses end early and some do not."""
+def _init(model, scale, eos_bias: float | None = None):
+  """Random weights, the output layer scaled (and EOS shifted by `eos_bias`) so some
+  hypotheses end early and some do not."""
   params = model.init(jax.random.key(1), SRC, SRC)["params"]
   out = params["out"] if "out" in params else params["decoder"]["out"]
   out["kernel"] = out["kernel"] * scale
-  out["bias"] = out["bias"].at[EOS].add(1.0 if isinstance(model, Transformer) else -1.0)
+  if eos_bias is None:
+    eos_bias = 1.0 if isinstance(model, Transformer) else -1.0
+  out["bias"] = out["bias"].at[EOS].add(eos_bias)
   return params
 
 
 # (model, output-layer scale): flat enough next-token distributions that beams matter.
 MODELS = [
-    pytest.param(Transformer(V, V, d_model=16, num_heads=2, d_ff=32, num_layers=1, max_len=16),
+    pytest.param(Transformer(V, V, width=16, num_heads=2, mlp_dim=32, depth=1, max_len=16),
                  3.0, id="transformer"),
-    pytest.param(Seq2Seq(V, V, embed_dim=8, hidden=16, attention="luong_general"), 2.0,
+    pytest.param(Seq2Seq(V, V, embed_width=8, width=16, attention="luong_general"), 2.0,
                  id="seq2seq-luong"),
 ]
 
@@ -79,7 +83,7 @@ def test_plain_beam_search_can_fall_below_greedy_and_the_fallback_fixes_it():
 
 @pytest.mark.parametrize("model,scale", MODELS[:1])
 def test_outputs_are_well_formed(model, scale):
-  params = _init(model, scale)
+  params = _init(model, scale, eos_bias=3.0)
   for out in (greedy_decode(model, params, SRC, MAX_LEN),
               beam_search(model, params, SRC, MAX_LEN, beam_size=2)):
     tok = np.asarray(out.tokens)

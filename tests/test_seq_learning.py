@@ -9,7 +9,8 @@ import optax
 import pytest
 
 from attn_jax import losses as L
-from attn_jax.seq import Seq2Seq, Transformer, greedy_decode, reverse_task, shift_right
+from attn_jax.data.tasks import reverse_task, shift_right
+from attn_jax.seq import Seq2Seq, Transformer, greedy_decode
 
 BATCH, MAX_LEN = 64, 8
 TEST_SRC, TEST_TGT, VOCAB = reverse_task(300, seed=1234, min_len=3, max_len=MAX_LEN)
@@ -55,7 +56,7 @@ def evaluate(model, params):
 
 
 def _seq2seq(attention):
-  return Seq2Seq(V, V, embed_dim=32, hidden=64, attention=attention)
+  return Seq2Seq(V, V, embed_width=32, width=64, attention=attention)
 
 
 def test_bahdanau_learns_reverse_and_beats_no_attention():
@@ -74,7 +75,7 @@ def test_bahdanau_learns_reverse_and_beats_no_attention():
 
 
 def test_transformer_learns_reverse():
-  model = Transformer(V, V, d_model=64, num_heads=4, d_ff=128, num_layers=2, dropout=0.0,
+  model = Transformer(V, V, width=64, num_heads=4, mlp_dim=128, depth=2, dropout_rate=0.0,
                       max_len=16)
   params, losses = train(model, 400)
   acc, _ = evaluate(model, params)

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from attn_jax.seq import ATTENTIONS, Seq2Seq, Transformer, reverse_task, shift_right
+from attn_jax.data.tasks import reverse_task, shift_right
+from attn_jax.seq import ATTENTIONS, Seq2Seq, Transformer
 
 SRC, TGT, VOCAB = reverse_task(3, seed=0, min_len=3, max_len=7)
 TIN = jnp.asarray(shift_right(TGT))
@@ -19,13 +20,13 @@ TRANSFORMER_CONFIGS = [(False, "sinusoidal", "relu", False), (True, "learned", "
 
 
 def _seq2seq(att, cell, bi, layers):
-  return Seq2Seq(V, V, embed_dim=12, hidden=16, num_layers=layers, cell=cell, bidirectional=bi,
-                 attention=att, dropout=0.1)
+  return Seq2Seq(V, V, embed_width=12, width=16, depth=layers, cell=cell, bidirectional=bi,
+                 attention=att, dropout_rate=0.1)
 
 
 def _transformer(pre_ln, positions, act, share):
-  return Transformer(V, V, d_model=16, num_heads=2, d_ff=32, enc_layers=2, dec_layers=1,
-                     dropout=0.1, pre_ln=pre_ln, activation=act, positions=positions,
+  return Transformer(V, V, width=16, num_heads=2, mlp_dim=32, encoder_depth=2, decoder_depth=1,
+                     dropout_rate=0.1, attention_dropout_rate=0.1, pre_ln=pre_ln, activation=act, positions=positions,
                      share_embeddings=share, max_len=16)
 
 
@@ -87,26 +88,27 @@ def test_padding_never_changes_a_result(model):
   assert np.all(np.asarray(wb)[..., SRC.shape[1]:] == 0)
 
 
-def test_dropout_is_active_when_not_deterministic():
-  # (deterministic=True is what every other test here runs: the step-wise match proves it.)
+def test_dropout_is_active_when_training():
+  # (train=False is what every other test here runs: the step-wise match proves it.)
   for model in (_seq2seq("bahdanau", "gru", False, 1), _transformer(False, "sinusoidal", "relu", False)):
     params = model.init(jax.random.key(0), SRC, TIN)["params"]
-    run = jax.jit(lambda key: model.apply({"params": params}, SRC, TIN, deterministic=False,
+    run = jax.jit(lambda key: model.apply({"params": params}, SRC, TIN, train=True,
                                           rngs={"dropout": key}))
     r1, r2 = run(jax.random.key(1)), run(jax.random.key(2))
     assert r1.shape == TIN.shape + (V,) and not np.allclose(r1, r2)
 
 
 def test_transformer_layer_counts_and_sown_maps():
-  model = Transformer(V, V, d_model=16, num_heads=2, d_ff=32, enc_layers=3, dec_layers=2, max_len=16)
+  model = Transformer(V, V, width=16, num_heads=2, mlp_dim=32, encoder_depth=3, decoder_depth=2,
+                      max_len=16)
   variables = model.init(jax.random.key(0), SRC, TIN)
   params = variables["params"]
-  assert sum(k.startswith("enc_") for k in params) == 3
-  assert sum(k.startswith("dec_") for k in params) == 2
+  assert sorted(params["encoder"]) == ["layer0", "layer1", "layer2"]
+  assert sorted(params["decoder"]) == ["layer0", "layer1"]
   _, inter = model.apply({"params": params}, SRC, TIN, mutable=["intermediates"])
   maps = inter["intermediates"]
-  assert maps["enc_2"]["self_attn"]["attention_weights"][0].shape == (3, 2, 7, 7)
-  assert maps["dec_1"]["cross_attn"]["attention_weights"][0].shape == (3, 2, 8, 7)
+  assert maps["encoder"]["layer2"]["self_attn"]["attention_weights"][0].shape == (3, 2, 7, 7)
+  assert maps["decoder"]["layer1"]["cross_attn"]["attention_weights"][0].shape == (3, 2, 8, 7)
 
 
 def test_bad_configs_raise():

@@ -4,7 +4,8 @@ import datetime
 import numpy as np
 import pytest
 
-from attn_jax.seq import BOS, EOS, PAD, CharVocab, get_task, shift_right, tasks
+from attn_jax.data import tasks
+from attn_jax.data.tasks import BOS, EOS, PAD, CharVocab, get_task, shift_right
 
 
 @pytest.mark.parametrize("name", ["reverse", "copy", "sort", "date"])

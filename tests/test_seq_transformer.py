@@ -28,8 +28,8 @@ def _mha_params(mha):
 
 
 def _common(layer, n_norms):
-  p = {"ff": {"ff1": {"kernel": _np(layer.linear1.weight).T, "bias": _np(layer.linear1.bias)},
-              "ff2": {"kernel": _np(layer.linear2.weight).T, "bias": _np(layer.linear2.bias)}}}
+  p = {"mlp": {"fc1": {"kernel": _np(layer.linear1.weight).T, "bias": _np(layer.linear1.bias)},
+               "fc2": {"kernel": _np(layer.linear2.weight).T, "bias": _np(layer.linear2.bias)}}}
   for i in range(1, n_norms + 1):
     ln = getattr(layer, f"norm{i}")
     p[f"ln{i}"] = {"scale": _np(ln.weight), "bias": _np(ln.bias)}
@@ -75,7 +75,8 @@ def test_decoder_layer_matches_torch(pre_ln):
   ref = layer(_t(x), _t(mem), tgt_mask=causal,
               memory_key_padding_mask=torch.from_numpy(np.arange(7)[None] >= lens[:, None]))
   ours, w = DecoderLayer(H, FF, pre_ln=pre_ln).apply({"params": params}, jnp.asarray(x),
-                                                      jnp.asarray(mem), jnp.asarray(lens))
+                                                      jnp.asarray(mem), jnp.asarray(lens),
+                                                      return_weights=True)
   assert rel_err(ours, ref.detach().numpy()) < 1e-5
   assert w.shape == (3, H, 6, 7)
   assert np.all(np.asarray(w)[1, :, :, 3:] == 0)

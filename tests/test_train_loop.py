@@ -16,7 +16,7 @@ def tiny_config(path, **overrides):
   """MLP on an 8x8 IDX folder: compiles in about a second."""
   c = config_lib.base_config()
   c.model.name = "mlp"
-  c.model.hidden = (32,)
+  c.model.widths = (32,)
   c.data.source = "local"
   c.data.path = str(path)
   c.batch_size = 16
@@ -67,10 +67,10 @@ def test_config_errors_name_the_key(idx_root):
   vit = tiny_config(idx_root)
   vit.model = config_lib.base_config().model
   vit.model.name = "vit"
-  vit.model.hidden, vit.model.num_heads, vit.model.patch_size = 30, 4, 4
-  with pytest.raises(ConfigError, match=r"config.model.num_heads=4 does not divide config.model.hidden=30"):
+  vit.model.width, vit.model.num_heads, vit.model.patch_size = 30, 4, 4
+  with pytest.raises(ConfigError, match=r"config.model.num_heads=4 does not divide config.model.width=30"):
     config_lib.validate(vit)
-  vit.model.hidden = 32
+  vit.model.width = 32
   vit.data.source, vit.data.name = "tfds", "mnist"
   vit.model.patch_size = 5
   with pytest.raises(ConfigError, match=r"config.model.patch_size=5 does not divide the image size 28"):
@@ -83,7 +83,7 @@ def test_config_errors_name_the_key(idx_root):
 def test_patch_size_checked_against_the_data(idx_root, tmp_path):
   c = tiny_config(idx_root)
   c.model = config_lib.base_config().model
-  c.model.name, c.model.patch_size, c.model.hidden, c.model.num_heads = "vit", 3, 16, 2
+  c.model.name, c.model.patch_size, c.model.width, c.model.num_heads = "vit", 3, 16, 2
   with pytest.raises(ConfigError, match=r"config.model.patch_size=3 does not divide the image size 8x8"):
     train_and_evaluate(c, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
@@ -156,8 +156,8 @@ def test_text_pairs_seq2seq_with_label_smoothing(tmp_path):
       "data.buckets": (8,), "data.min_freq": 1, "data.max_eval_examples": 20,
       "label_smoothing": 0.1})
   c.model = config_lib.base_config().model
-  c.model.name, c.model.d_model, c.model.num_heads, c.model.d_ff = "transformer", 16, 2, 32
-  c.model.num_layers, c.model.dropout = 1, 0.0
+  c.model.name, c.model.width, c.model.num_heads, c.model.mlp_dim = "transformer", 16, 2, 32
+  c.model.depth, c.model.dropout_rate = 1, 0.0
   out = train_and_evaluate(c, str(tmp_path / "w"))
   assert out["eval"]["eval_examples"] == 20
   assert os.path.exists(out["heatmap"])
@@ -177,7 +177,7 @@ def test_offline_default_runs_and_draws_heatmap(tmp_path):
   assert os.path.getsize(out["heatmap"]) > 5000
   assert os.listdir(tmp_path / "w" / "checkpoints") == ["20"]
   # experiments/evaluate.py's function: restores the checkpoint, same eval, plus decoding.
-  from attn_jax.train.evaluation import evaluate_checkpoint
+  from attn_jax.analysis.evaluation import evaluate_checkpoint
   m = evaluate_checkpoint(c, str(tmp_path / "w"))
   assert m["step"] == 20
   assert m["eval_loss"] == pytest.approx(out["eval"]["eval_loss"], rel=1e-6)

@@ -90,6 +90,12 @@ def test_eight_devices_match_one_device(runs, strategy):
   assert abs(e1["eval_accuracy"] - e8["eval_accuracy"]) < 1e-6
 
 
+def test_state_born_on_the_mesh_and_restored_into_its_shardings(runs):
+  got = json.load(open(runs / "sharded.json"))
+  assert got == {"init_bit_equal": True, "init_on_mesh": True, "restored_step": 6,
+                 "restored_on_mesh": True, "restored_equal": True}
+
+
 def test_two_processes_match_one_process_of_eight(runs):
   ref = np.load(runs / "jit" / "params.npz")
   for p in range(2):
@@ -101,6 +107,39 @@ def test_two_processes_match_one_process_of_eight(runs):
   assert sorted(os.listdir(runs / "multi" / "checkpoints")) == ["3", "6"]
 
 
+def born_sharded(data, base):
+  """On 8 devices: the state created on the mesh equals the single-device init bit for bit,
+  and a checkpoint restores straight into the mesh shardings (no host copy) with the saved
+  values. Writes sharded.json for the test below."""
+  import jax
+  from jax.sharding import NamedSharding, PartitionSpec
+  from test_train_loop import tiny_config
+  from attn_jax.train import checkpoint as ckpt_lib
+  from attn_jax.train import loop
+  from attn_jax.train import step as step_lib
+  c = tiny_config(data, num_steps=6, eval_every=3, checkpoint_every=3)
+  s = loop.setup(c, os.path.join(base, "jit"))
+  on_mesh = s.init_state()
+  single = step_lib.init_state(s.model, s.task, s.tx, s.data.train.batch_at(0), c.seed)
+  replicated = NamedSharding(s.strategy.mesh, PartitionSpec())
+  leaves = jax.tree.leaves(on_mesh)
+  out = {"init_bit_equal": all(np.array_equal(np.asarray(a.addressable_data(0)), np.asarray(b))
+                               for a, b in zip(leaves, jax.tree.leaves(single))),
+         "init_on_mesh": all(a.sharding == replicated and len(a.sharding.device_set) == 8
+                             for a in leaves)}
+  ckpt = ckpt_lib.Checkpointer(os.path.join(base, "jit"), 2, async_save=False)
+  restored, _, step = ckpt.restore(s.abstract_state())
+  ckpt.close()
+  saved = np.load(os.path.join(base, "jit", "params.npz"))
+  out["restored_step"] = step
+  out["restored_on_mesh"] = all(isinstance(a, jax.Array) and a.sharding == replicated
+                                for a in jax.tree.leaves(restored))
+  out["restored_equal"] = all(np.array_equal(saved[k], v)
+                              for k, v in flat_params(restored.params).items())
+  with open(os.path.join(base, "sharded.json"), "w") as f:
+    json.dump(out, f)
+
+
 def _main(argv):
   mode, data, base = argv[:3]
   import jax
@@ -108,6 +147,7 @@ def _main(argv):
     assert jax.device_count() == 8
     for strategy in ("jit", "pmap"):
       run_config(data, os.path.join(base, strategy), strategy=strategy)
+    born_sharded(data, base)
     return
   pid, port = int(argv[3]), int(argv[4])
   out = run_config(data, os.path.join(base, "multi"), **{

@@ -21,7 +21,7 @@ def config(data):
   c = tiny_config(data, num_steps=STEPS, checkpoint_every=20, log_every=10, eval_every=STEPS,
                   keep_checkpoints=3, **{"data.crop_padding": 1, "optim.name": "adamw",
                                          "optim.weight_decay": 0.01})
-  c.model.dropout = 0.2
+  c.model.dropout_rate = 0.2
   return c
 
 

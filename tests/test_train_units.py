@@ -8,6 +8,7 @@ import pytest
 from attn_jax.train import config as config_lib
 from attn_jax.train import optim
 from attn_jax.train import step as step_lib
+from attn_jax.train.tasks import CLASSIFICATION
 from attn_jax.train.models import MLPClassifier
 
 
@@ -45,10 +46,10 @@ def test_weight_decay_mask_skips_biases_norms_and_embeddings():
 
 
 def _mlp_state(tx):
-  model = MLPClassifier(num_classes=3, hidden=(8,))
+  model = MLPClassifier(num_classes=3, widths=(8,))
   batch = {"image": np.random.default_rng(0).normal(size=(16, 4, 4, 1)).astype(np.float32),
            "label": np.arange(16, dtype=np.int32) % 3}
-  return model, step_lib.init_state(model, "classification", tx, batch, 0), batch
+  return model, step_lib.init_state(model, CLASSIFICATION, tx, batch, 0), batch
 
 
 def test_gradient_accumulation_equals_the_big_batch(name="adamw"):
@@ -58,8 +59,8 @@ def test_gradient_accumulation_equals_the_big_batch(name="adamw"):
                                              grad_accum_steps=2), 8)
   model, s_big, batch = _mlp_state(big_tx)
   _, s_acc, _ = _mlp_state(acc_tx)
-  big = jax.jit(step_lib.make_train_step(model, "classification", big_tx, sched, 0.0))
-  acc = jax.jit(step_lib.make_train_step(model, "classification", acc_tx, sched, 0.0, accum=2))
+  big = jax.jit(step_lib.make_train_step(model, CLASSIFICATION, big_tx, sched, 0.0))
+  acc = jax.jit(step_lib.make_train_step(model, CLASSIFICATION, acc_tx, sched, 0.0, accum=2))
   s_big, m = big(s_big, batch)
   half = lambda sl: jax.tree.map(lambda x: x[sl], batch)
   s_acc, m1 = acc(s_acc, half(slice(0, 8)))
@@ -74,7 +75,7 @@ def test_gradient_accumulation_equals_the_big_batch(name="adamw"):
 def test_eval_sums_ignore_padding():
   tx, _ = optim.make_optimizer(optim_cfg(), 1)
   model, state, batch = _mlp_state(tx)
-  ev = jax.jit(step_lib.make_eval_step(model, "classification", 0.0))
+  ev = jax.jit(step_lib.make_eval_step(model, CLASSIFICATION, 0.0))
   full = ev(state, {**batch, "mask": np.ones(16, np.float32)})
   junk = {"image": np.concatenate([batch["image"], 100 * np.ones_like(batch["image"][:4])]),
           "label": np.concatenate([batch["label"], np.zeros(4, np.int32)]),

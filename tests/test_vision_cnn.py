@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from attn_jax import (CBAM, ECA, STN, ResNet, SpatialTransformer, SqueezeExcitation,
-                      channel_attention, eca_kernel_size)
+from attn_jax.vision import (CBAM, ECA, STN, ResNet, SpatialTransformer, SqueezeExcitation,
+                             channel_attention, eca_kernel_size)
 
 from test_vision_transformers import KEY  # rbg keys: fast init compiles
 
@@ -66,7 +66,7 @@ def test_resnet_attention_kinds_and_batch_stats():
   img = jax.random.normal(KEY(0), (4, 16, 16, 3))
   names = {}
   for kind in ("none", "se", "eca", "cbam"):                     # structure from shapes only
-    m = ResNet(5, stage_sizes=(1, 1), width=16, attention=kind, reduction=4)
+    m = ResNet(5, depth=(1, 1), width=16, attention=kind, reduction=4)
     names[kind] = set(jax.eval_shape(m.init, KEY(1), img)["params"]["stage1_block0"])
   assert names["none"] == {"conv1", "bn1", "conv2", "bn2", "proj", "proj_bn"}
   assert names["se"] - names["none"] == {"SqueezeExcitation_0"}

@@ -77,18 +77,18 @@ def test_generated_task_is_balanced_and_not_trivial():
 
 @pytest.mark.slow
 def test_tiny_vit_learns():
-  vit = ViT(4, patch_size=4, hidden=32, depth=2, num_heads=2, mlp_dim=64)
+  vit = ViT(4, patch_size=4, width=32, depth=2, num_heads=2, mlp_dim=64)
   assert train_and_evaluate(vit, steps=200) > 0.9
 
 
 @pytest.mark.slow
 def test_tiny_swin_learns():
-  swin = SwinTransformer(4, patch_size=2, window_size=4, embed_dim=16, depths=(2, 2),
+  swin = SwinTransformer(4, patch_size=2, window_size=4, width=16, depth=(2, 2),
                          num_heads=(2, 4), drop_path_rate=0.0)
   assert train_and_evaluate(swin, steps=200) > 0.9
 
 
 @pytest.mark.slow
 def test_cbam_resnet_learns():
-  resnet = ResNet(4, stage_sizes=(1, 1), width=8, attention="cbam", reduction=4)
+  resnet = ResNet(4, depth=(1, 1), width=8, attention="cbam", reduction=4)
   assert train_and_evaluate(resnet, steps=100) > 0.9

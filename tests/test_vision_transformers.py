@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from attn_jax import functional as F
-from attn_jax import EncoderBlock, SwinBlock, ViT, swin_variant, vision_model, vit_variant
-from attn_jax.vision.common import MlpBlock
+from attn_jax.layers import MlpBlock
+from attn_jax.vision import (EncoderBlock, SwinBlock, ViT, resnet_variant, swin_variant,
+                             vit_variant)
 from reference import attention_ref
 
 
@@ -15,6 +16,15 @@ def KEY(seed: int) -> jax.Array:
   """PRNG keys for the tests. 'rbg' because compiling many threefry draws (model init) takes
   ~8x longer on CPU with jax_threefry_partitionable (jax 0.10); results stay deterministic."""
   return jax.random.key(seed, impl="rbg")
+
+
+def _named(name: str, num_classes: int, image_size: int | None = None, **kw):
+  """'ViT-S/16', 'Swin-T/p2w4' or 'ResNet-20' -> the model (the variant helpers)."""
+  if name.startswith("ViT-"):
+    return vit_variant(name, num_classes, image_size, **kw)
+  if name.startswith("Swin-"):
+    return swin_variant(name, num_classes, **kw)
+  return resnet_variant(name, num_classes, **kw)
 
 
 def _num_params(model, size=224):
@@ -27,11 +37,11 @@ def _num_params(model, size=224):
                                         ("ViT-B/16", 86_567_656), ("Swin-T", 28_288_354),
                                         ("Swin-S", 49_606_258)])
 def test_published_parameter_counts(name, count):
-  assert _num_params(vision_model(name, 1000, image_size=224)) == count
+  assert _num_params(_named(name, 1000, image_size=224)) == count
 
 
 def _tiny_vit(**kw):
-  return ViT(5, **{**dict(patch_size=4, hidden=32, depth=2, num_heads=4, mlp_dim=64), **kw})
+  return ViT(5, **{**dict(patch_size=4, width=32, depth=2, num_heads=4, mlp_dim=64), **kw})
 
 
 def test_conv_patch_embedding_equals_linear_projection_of_patches():
@@ -80,12 +90,12 @@ def test_vit_resamples_learned_posemb_for_other_resolutions():
 
 def test_vit_variants_and_dropout_rng():
   m = vit_variant("ViT-S/4", num_classes=10, image_size=32)
-  assert (m.hidden, m.depth, m.num_heads, m.mlp_dim, m.patch_size) == (384, 12, 6, 1536, 4)
+  assert (m.width, m.depth, m.num_heads, m.mlp_dim, m.patch_size) == (384, 12, 6, 1536, 4)
   assert m.posemb_grid == (8, 8)
   with pytest.raises(ValueError, match="unknown variant"):
     vit_variant("ViT-X/16", 10)
   img = jnp.ones((2, 8, 8, 3))
-  m = _tiny_vit(dropout=0.5, drop_path_rate=0.5)
+  m = _tiny_vit(dropout_rate=0.5, drop_path_rate=0.5)
   v = m.init(KEY(1), img)
   v["params"]["head"]["kernel"] = jnp.ones((32, 5))
   a = m.apply(v, img, train=True, rngs={"dropout": KEY(0)})
@@ -151,7 +161,7 @@ def test_swin_masks_padding_and_shift_regions_in_the_weights():
 
 
 def test_swin_any_input_size_variants_and_stochastic_depth():
-  m = swin_variant("Swin-T/p2w4", 10, depths=(2, 2), num_heads=(2, 4), embed_dim=16)
+  m = swin_variant("Swin-T/p2w4", 10, depth=(2, 2), num_heads=(2, 4), width=16)
   assert (m.patch_size, m.window_size) == (2, 4)
   apply = jax.jit(m.apply, static_argnames="train")
   # 30x30 -> 15x15 patches (padded to 16 for window 4) -> merged to 8x8 (odd size padded)
@@ -191,7 +201,7 @@ def test_window_attention_cost_is_linear_in_area_global_is_quadratic():
 @pytest.mark.parametrize("name", ["ViT-Ti/4", "Swin-T/p2w4", "ResNet-20"])
 def test_bfloat16_compute_float32_params_and_logits(name):
   """Traced only (make_jaxpr / eval_shape): the matmuls and convs run in bf16."""
-  model = vision_model(name, 10, dtype=jnp.bfloat16)
+  model = _named(name, 10, dtype=jnp.bfloat16)
   x = jnp.zeros((2, 16, 16, 3))
   shapes = jax.eval_shape(model.init, KEY(0), x)
   assert {a.dtype for a in jax.tree.leaves(shapes["params"])} == {jnp.dtype(jnp.float32)}

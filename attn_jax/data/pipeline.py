@@ -12,9 +12,10 @@ is exactly what its devices hold in the `data`-sharded global array.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Sequence
-
+import collections
+import concurrent.futures
 import zlib
+from typing import Any, Callable, Iterator, Sequence
 
 import grain
 import numpy as np
@@ -69,6 +70,72 @@ class TrainStream:
 
   def set_state(self, state: dict[str, int]) -> None:
     self.step = int(state["step"])
+
+
+class Prefetch:
+  """The next `depth` batches of a `TrainStream`, read, decoded, augmented and put on the
+  devices by worker threads while the current step runs.
+
+  Args:
+    stream: the resumable stream (its `batch_at(step)` is a pure function of the step,
+      so workers can build batches in any order).
+    put: host batch -> device batch (e.g. `strategy.put_batch`); runs in the workers.
+    depth: batches in flight; 0 reads each batch on the calling thread when asked.
+    workers: threads (default `max(1, depth)`).
+
+  `get_state()` is the state of the next batch `__next__` returns, whatever is in
+  flight, so a checkpoint resumes exactly where the training consumed.
+  """
+
+  def __init__(self, stream: TrainStream, put: Callable[[dict], Any] = lambda b: b,
+               depth: int = 2, workers: int | None = None):
+    self.stream, self.put, self.depth = stream, put, depth
+    self.next_step = stream.step
+    self._pending: collections.deque = collections.deque()
+    self._pool = (concurrent.futures.ThreadPoolExecutor(workers or max(1, depth),
+                                                        thread_name_prefix="prefetch")
+                  if depth > 0 else None)
+
+  def _load(self, step: int):
+    return self.put(self.stream.batch_at(step))
+
+  def _fill(self) -> None:
+    while len(self._pending) < self.depth:
+      step = self.next_step + len(self._pending)
+      self._pending.append(self._pool.submit(self._load, step))
+
+  def __iter__(self) -> "Prefetch":
+    return self
+
+  def __next__(self):
+    if self._pool is None:
+      batch = self._load(self.next_step)
+    else:
+      self._fill()
+      batch = self._pending.popleft().result()
+    self.next_step += 1
+    self.stream.set_state({"step": self.next_step})
+    if self._pool is not None:
+      self._fill()   # keep `depth` batches in flight while the step runs
+    return batch
+
+  def get_state(self) -> dict[str, int]:
+    return {"step": int(self.next_step)}
+
+  def set_state(self, state: dict[str, int]) -> None:
+    for fut in self._pending:
+      fut.cancel()
+    self._pending.clear()
+    self.next_step = int(state["step"])
+    self.stream.set_state(state)
+
+  def close(self) -> None:
+    """Stops the workers (batches in flight are dropped)."""
+    for fut in self._pending:
+      fut.cancel()
+    self._pending.clear()
+    if self._pool is not None:
+      self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def train_dataset(source: Sequence[Example], seed: int,

@@ -9,8 +9,8 @@ batching, process sharding) is shared:
 | `local` | IDX folder, `<split>/<class>/` image folder or tar | `path`, `train_split`, `eval_split` |
 | `multi30k` | `<path>/<split>.<lang>[.gz]` | `path`, `src_lang`, `tgt_lang` |
 | `pairs` | two aligned text files per split | `train_files`, `eval_files` ("src,tgt") |
-| `tsv` | a tab-separated file per split | `train_files`, `eval_files` |
-| `task` | a generated task of `attn_jax.seq.tasks` | `name`, `num_train`, `num_eval` |
+| `tsv` | a tab-separated file per split | `train_files`, `eval_files`, `src_column`, `tgt_column` |
+| `task` | a generated task of `attn_jax.data.tasks` | `name`, `num_train`, `num_eval` |
 """
 from __future__ import annotations
 
@@ -74,18 +74,38 @@ def _text_pairs(cfg, split: str, files: str | None) -> list[tuple[str, str]]:
                      f"for data.source='{cfg.source}'.")
   paths = [p.strip() for p in files.split(",")]
   if cfg.source == "tsv":
-    return T.read_tsv(paths[0])
+    return T.read_tsv(paths[0], cfg.get("src_column", 0), cfg.get("tgt_column", 1))
   if len(paths) != 2:
     raise ValueError(f"data.*_files for source 'pairs' must be 'src_path,tgt_path', got '{files}'.")
   return T.read_pairs(*paths)
 
 
+# Below this round-trip BLEU of the eval references, the word tokenizer gets a warning.
+BLEU_CEILING_WARN = 99.0
+
+
+def _warn_bleu_ceiling(cfg, tokenizer, references: list[str], process_index: int) -> float | None:
+  """The round-trip BLEU ceiling of `tokenizer` on the eval references; with the word
+  tokenizer below `BLEU_CEILING_WARN` a one-line warning says so (process 0)."""
+  if cfg.tokenizer != "word":
+    return None
+  ceiling = T.roundtrip_bleu(tokenizer, references)
+  if ceiling is not None and ceiling < BLEU_CEILING_WARN and process_index == 0:
+    import sys
+    print(f"warning: with config.data.tokenizer='word' a perfect model scores at most BLEU "
+          f"{ceiling:.1f} on the {cfg.eval_split} references (lower-cased words, unknown "
+          "words, elisions and hyphens do not round-trip); "
+          "--config.data.tokenizer=sentencepiece reproduces the text.", file=sys.stderr,
+          flush=True)
+  return ceiling
+
+
 def task_examples(name: str, n: int, seed: int):
-  """A generated task of `attn_jax.seq.tasks` -> ([{'src': ids, 'tgt': ids}], vocab).
+  """A generated task of `attn_jax.data.tasks` -> ([{'src': ids, 'tgt': ids}], vocab).
 
   The task's PAD is stripped and its EOS dropped from tgt (the collate adds BOS/EOS).
   """
-  from attn_jax.seq import tasks
+  from attn_jax.data import tasks
   src, tgt, vocab = tasks.get_task(name, n, seed)
   examples = []
   for s, t in zip(src, tgt):
@@ -135,6 +155,7 @@ def build(config, process_index: int = 0, process_count: int = 1) -> Data:
     tgt_tok = T.fit_tokenizer(cfg.tokenizer, [t for _, t in train_pairs], min_freq=cfg.min_freq,
                               vocab_size=cfg.vocab_size)
     sizes = (src_tok.vocab_size, tgt_tok.vocab_size)
+    ceiling = _warn_bleu_ceiling(cfg, tgt_tok, [t for _, t in eval_pairs], process_index)
 
     def encode(pairs):
       return [{"src": np.array(src_tok.encode(s), np.int32),
@@ -150,4 +171,5 @@ def build(config, process_index: int = 0, process_count: int = 1) -> Data:
           "tgt_tokenizer": tgt_tok, "num_train": len(train_ex), "num_eval": len(eval_ex)}
   if cfg.source != "task":
     info["eval_text"] = eval_pairs   # raw (src, tgt) sentences, in eval order, for BLEU
+    info["bleu_ceiling"] = ceiling
   return Data("seq", train, eval_fn, info)

@@ -14,9 +14,7 @@ import re
 from typing import Iterable, Sequence
 
 from attn_jax.data.images import DataError
-
-PAD, BOS, EOS, UNK = 0, 1, 2, 3
-SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
+from attn_jax.tokens import BOS, EOS, PAD, SPECIALS, UNK
 
 
 def read_lines(path: str) -> list[str]:
@@ -47,12 +45,18 @@ def read_pairs(src_path: str, tgt_path: str) -> list[tuple[str, str]]:
 
 
 def read_tsv(path: str, src_col: int = 0, tgt_col: int = 1) -> list[tuple[str, str]]:
-  """A tab-separated file -> [(src, tgt)] from two columns."""
+  """A tab-separated file -> [(src, tgt)] from columns `src_col` and `tgt_col` (0-based;
+  swap them to train the other direction from the same file)."""
+  if src_col < 0 or tgt_col < 0 or src_col == tgt_col:
+    raise DataError(f"{path}: source column {src_col} and target column {tgt_col} must be two "
+                    "different columns >= 0.")
   pairs = []
   for n, line in enumerate(read_lines(path), start=1):
     cols = line.split("\t")
     if len(cols) <= max(src_col, tgt_col):
-      raise DataError(f"{path}: line {n} has {len(cols)} columns; need column {max(src_col, tgt_col)}.")
+      raise DataError(f"{path}: line {n} has {len(cols)} columns; need column "
+                      f"{max(src_col, tgt_col)} (config.data.src_column={src_col}, "
+                      f"tgt_column={tgt_col}, counted from 0).")
     pairs.append((cols[src_col], cols[tgt_col]))
   return pairs
 
@@ -163,6 +167,25 @@ def _until_eos(ids: Iterable[int]) -> list[int]:
       break
     out.append(int(i))
   return out
+
+
+def roundtrip(tokenizer, text: str) -> str:
+  """`text` encoded and decoded again, as decoded model output is scored."""
+  out = tokenizer.decode(tokenizer.encode(text))
+  return detokenize(out, tokenizer.case) if isinstance(tokenizer, WordTokenizer) else out
+
+
+def roundtrip_bleu(tokenizer, references: Sequence[str]) -> float | None:
+  """BLEU of the references against their own tokenizer round trip: the most a perfect
+  model can score with `tokenizer` (None without sacrebleu or references)."""
+  try:
+    import sacrebleu
+  except ImportError:
+    return None
+  if not references:
+    return None
+  hyps = [roundtrip(tokenizer, r) for r in references]
+  return float(sacrebleu.corpus_bleu(hyps, [list(references)]).score)
 
 
 def fit_tokenizer(kind: str, texts: Sequence[str], *, min_freq: int = 2, vocab_size: int = 8000):

@@ -7,6 +7,11 @@ and the shape it needed, e.g.::
 
     ShapeError: attention(): argument 'k' has shape (2, 5, 7); expected
     [..., kv_len, d_k] with d_k=8 (the last axis of 'q').
+
+One dtype rule for every function: q, k, v, scores and inputs must be floating point
+(integer or boolean arrays are rejected, not promoted: cast them, e.g.
+`x.astype(jnp.float32)`); `valid_lens` must be integer; masks are boolean (or 0/1).
+Zero-size axes and non-positive head counts, scales or widths are rejected too.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import jax.numpy as jnp
 
 
 class ShapeError(ValueError):
-  """An argument has the wrong rank, shape or dtype."""
+  """An argument has the wrong rank, shape, dtype or value; the message names it."""
 
 
 def fail(fn: str, name: str, x: Any, expected: str) -> None:
@@ -55,5 +60,38 @@ def check_broadcastable(fn: str, name: str, x: Any, target: tuple[int, ...], exp
 
 
 def check_positive(fn: str, name: str, value: Any) -> None:
-  if isinstance(value, (int, float)) and value <= 0:
-    raise ValueError(f"{fn}(): argument '{name}' must be > 0, got {value}.")
+  """Raises ShapeError unless the Python number `value` is > 0 (and finite)."""
+  if isinstance(value, (int, float)) and not (0 < value < float("inf")):
+    raise ShapeError(f"{fn}(): argument '{name}' must be > 0, got {value}.")
+
+
+def check_float(fn: str, name: str, x: Any) -> None:
+  """Raises ShapeError unless `x` has a real floating dtype (float16/bfloat16/32/64)."""
+  dtype = jnp.result_type(x)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ShapeError(f"{fn}(): argument '{name}' has dtype {dtype}; expected a floating dtype "
+                     f"(float32, bfloat16, ...): cast it, e.g. {name}.astype(jnp.float32).")
+
+
+def check_integer(fn: str, name: str, x: Any) -> None:
+  """Raises ShapeError unless `x` has an integer dtype (lengths, ids)."""
+  dtype = jnp.result_type(x)
+  if not jnp.issubdtype(dtype, jnp.integer):
+    raise ShapeError(f"{fn}(): argument '{name}' has dtype {dtype}; expected integer "
+                     f"lengths (e.g. int32).")
+
+
+def check_nonempty(fn: str, name: str, x: Any) -> None:
+  """Raises ShapeError if `x` has a zero-size axis."""
+  shape = tuple(jnp.shape(x))
+  if 0 in shape:
+    raise ShapeError(f"{fn}(): argument '{name}' has shape {shape}; expected every axis to "
+                     "have size >= 1 (a zero-size axis).")
+
+
+def check_inputs(fn: str, **arrays: Any) -> None:
+  """`check_float` and `check_nonempty` for each named array (None skipped)."""
+  for name, x in arrays.items():
+    if x is not None:
+      check_float(fn, name, x)
+      check_nonempty(fn, name, x)

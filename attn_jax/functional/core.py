@@ -59,6 +59,7 @@ def _check_qkv(fn: str, q, k, v, custom_scorer: bool) -> tuple[int, ...]:
   C.check_rank(fn, "q", q, "[..., q_len, d_k] (at least 2 axes)", min_rank=2)
   C.check_rank(fn, "k", k, "[..., kv_len, d_k] (at least 2 axes)", min_rank=2)
   C.check_rank(fn, "v", v, "[..., kv_len, d_v] (at least 2 axes)", min_rank=2)
+  C.check_inputs(fn, q=q, k=k, v=v)
   if not custom_scorer:
     C.check_axis(fn, "k", k, -1, q.shape[-1],
                  f"[..., kv_len, d_k] with d_k={q.shape[-1]} (the last axis of 'q')")
@@ -106,7 +107,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       scorer only, no dropout and return_weights=False.
   Returns:
     out [..., q_len, d_v] in q's dtype, or (out, weights) if `return_weights`.
-    Rows with no valid key output zeros on every path.
+    Rows with no valid key output zeros on every path. Values at keys that no query
+    may attend to (padding past `valid_lens`, keys masked for every query) are ignored,
+    NaN/Inf included: the output is what zeros there would give.
   """
   fn = "attention"
   shape = _check_qkv(fn, q, k, v, custom_scorer=score_fn is not None)
@@ -114,6 +117,13 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     C.check_broadcastable(fn, "mask", mask, shape, "a bool mask [..., q_len, kv_len]")
   if bias is not None:
     C.check_broadcastable(fn, "bias", bias, shape, "an additive bias [..., q_len, kv_len]")
+    C.check_float(fn, "bias", bias)
+  if scale is not None:
+    C.check_positive(fn, "scale", scale)
+  if valid_lens is not None or mask is not None:
+    keep = M.combine_masks(
+        mask, None if valid_lens is None else M.valid_lens_mask(valid_lens, shape, fn))
+    v = M.zero_unattended_values(v, keep, shape)
   if implementation is not None and implementation not in IMPLEMENTATIONS:
     raise ValueError(f"attention(): argument 'implementation' must be None or one of "
                      f"{IMPLEMENTATIONS}, got {implementation!r}.")

@@ -101,6 +101,7 @@ def valid_lens_mask(valid_lens: jax.Array, scores_shape: tuple[int, ...],
     bool mask of rank len(scores_shape) that broadcasts to `scores_shape`.
   """
   valid_lens = jnp.asarray(valid_lens)
+  C.check_integer(fn, "valid_lens", valid_lens)
   nd = len(scores_shape)
   expected = "a scalar, [batch] or [batch, q_len]"
   if valid_lens.ndim > 2 or (valid_lens.ndim >= 1 and nd < 3 and valid_lens.ndim > nd - 1):
@@ -118,6 +119,28 @@ def valid_lens_mask(valid_lens: jax.Array, scores_shape: tuple[int, ...],
   else:
     lens = valid_lens.reshape((valid_lens.shape[0],) + (1,) * (nd - 3) + (valid_lens.shape[1],))
   return sequence_mask(lens, scores_shape[-1])
+
+
+def zero_unattended_values(v: jax.Array, keep: jax.Array | None,
+                           scores_shape: tuple[int, ...]) -> jax.Array:
+  """`v` with zeros at the keys no query may attend to (`keep` False for every query).
+
+  Their weight is exactly 0, but 0 * NaN is NaN: zeroing them keeps a NaN/Inf in a
+  padded value out of the output. `keep` broadcasts to `scores_shape` (lead + (q, kv));
+  it is reduced over the axes `v` broadcasts over, so `v` keeps its shape.
+  """
+  if keep is None:
+    return v
+  keep = jnp.asarray(keep)
+  n_lead = len(scores_shape) - 2
+  key_ok = jnp.any(keep, axis=-2) if keep.ndim >= 2 else keep     # [..., kv]
+  key_ok = key_ok.reshape((1,) * (n_lead + 1 - key_ok.ndim) + key_ok.shape)
+  v_lead = (1,) * (n_lead - (v.ndim - 2)) + v.shape[:-2]
+  for i in range(n_lead):
+    if v_lead[i] == 1 and key_ok.shape[i] > 1:
+      key_ok = jnp.any(key_ok, axis=i, keepdims=True)
+  key_ok = key_ok.reshape(key_ok.shape[n_lead - (v.ndim - 2):])
+  return jnp.where(key_ok[..., None], v, jnp.zeros((), v.dtype))
 
 
 def masked_softmax(scores: jax.Array, valid_lens: jax.Array | None = None,
@@ -138,6 +161,7 @@ def masked_softmax(scores: jax.Array, valid_lens: jax.Array | None = None,
   """
   fn = "masked_softmax"
   C.check_rank(fn, "scores", scores, "[..., q_len, kv_len] (at least 1 axis)", min_rank=1)
+  C.check_inputs(fn, scores=scores)
   shape = scores.shape
   if mask is not None:
     C.check_broadcastable(fn, "mask", mask, shape, "a bool mask [..., q_len, kv_len]")

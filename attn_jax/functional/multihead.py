@@ -24,6 +24,7 @@ Params = dict[str, jax.Array]
 def split_heads(x: jax.Array, num_heads: int) -> jax.Array:
   """[..., len, heads * head_dim] -> [..., heads, len, head_dim]."""
   C.check_rank("split_heads", "x", x, "[..., len, heads * head_dim]", min_rank=2)
+  _check_heads("split_heads", num_heads)
   if x.shape[-1] % num_heads:
     C.fail("split_heads", "x", x,
            f"[..., len, features] with features divisible by num_heads={num_heads}")
@@ -82,10 +83,26 @@ def init_multi_head_params(key: jax.Array, d_q: int, num_heads: int, head_dim: i
   return params
 
 
+def _check_heads(fn: str, num_heads) -> None:
+  if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+    raise C.ShapeError(f"{fn}(): argument 'num_heads' must be a positive int, got "
+                       f"{num_heads!r}.")
+
+
+class MissingParamError(C.ShapeError, KeyError):
+  """A required entry of a params dict is absent (a ShapeError and a KeyError)."""
+
+  def __str__(self) -> str:
+    return str(self.args[0])
+
+
 def _check_params(fn: str, params: Params, x_q, x_k, x_v, num_heads: int) -> None:
+  _check_heads(fn, num_heads)
   for name in ("W_q", "W_k", "W_v", "W_o"):
     if name not in params:
-      raise KeyError(f"{fn}(): 'params' has no '{name}' (keys: {sorted(params)}).")
+      raise MissingParamError(f"{fn}(): 'params' has no '{name}' (keys: {sorted(params)}).")
+  for name in sorted(params):
+    C.check_float(fn, f"params['{name}']", params[name])
   for name, x in (("W_q", x_q), ("W_k", x_k), ("W_v", x_v)):
     w = params[name]
     C.check_rank(fn, f"params['{name}']", w, "[d_in, heads * head_dim]", rank=2)
@@ -97,8 +114,14 @@ def _check_params(fn: str, params: Params, x_q, x_k, x_v, num_heads: int) -> Non
   if params["W_q"].shape[1] != params["W_k"].shape[1]:
     C.fail(fn, "params['W_k']", params["W_k"],
            f"[d_k, {params['W_q'].shape[1]}] (same features as params['W_q'])")
+  C.check_rank(fn, "params['W_o']", params["W_o"], "[heads * v_head_dim, d_out]", rank=2)
   C.check_axis(fn, "params['W_o']", params["W_o"], 0, params["W_v"].shape[1],
                f"[{params['W_v'].shape[1]}, d_out] (rows = features of params['W_v'])")
+  for b, w in (("b_q", "W_q"), ("b_k", "W_k"), ("b_v", "W_v"), ("b_o", "W_o")):
+    if b in params:
+      n = params[w].shape[1]
+      if tuple(jnp.shape(params[b])) != (n,):
+        C.fail(fn, f"params['{b}']", params[b], f"[{n}] (the columns of params['{w}'])")
 
 
 def multi_head_attention(params: Params, x_q: jax.Array, x_kv: jax.Array, num_heads: int, *,
@@ -132,6 +155,8 @@ def multi_head_attention(params: Params, x_q: jax.Array, x_kv: jax.Array, num_he
   x_v = x_kv if x_v is None else x_v
   C.check_rank(fn, "x_q", x_q, "[batch, q_len, d_q]", min_rank=2)
   C.check_rank(fn, "x_kv", x_kv, "[batch, kv_len, d_k]", min_rank=2)
+  C.check_rank(fn, "x_v", x_v, "[batch, kv_len, d_v]", min_rank=2)
+  C.check_inputs(fn, x_q=x_q, x_kv=x_kv, x_v=x_v)
   C.check_axis(fn, "x_v", x_v, -2, x_kv.shape[-2],
                f"[batch, kv_len={x_kv.shape[-2]}, d_v] (same length as 'x_kv')")
   _check_params(fn, params, x_q, x_kv, x_v, num_heads)

@@ -21,6 +21,7 @@ ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 def _check_qk(fn: str, q: jax.Array, k: jax.Array, same_dim: bool = True) -> None:
   C.check_rank(fn, "q", q, "[..., q_len, d_k] (at least 2 axes)", min_rank=2)
   C.check_rank(fn, "k", k, "[..., kv_len, d_k] (at least 2 axes)", min_rank=2)
+  C.check_inputs(fn, q=q, k=k)
   if same_dim:
     C.check_axis(fn, "k", k, -1, q.shape[-1],
                  f"[..., kv_len, d_k] with d_k={q.shape[-1]} (the last axis of 'q')")
@@ -93,6 +94,9 @@ def additive_scores(q: jax.Array, k: jax.Array, params: dict[str, jax.Array]) ->
   """
   fn = "additive_scores"
   _check_qk(fn, q, k, same_dim=False)
+  for name in ("W_q", "v"):
+    if name not in params:
+      raise C.ShapeError(f"{fn}(): 'params' has no '{name}' (keys: {sorted(params)}).")
   w_q, v = params["W_q"], params["v"]
   C.check_rank(fn, "params['v']", v, "[hidden]", rank=1)
   hidden = v.shape[0]

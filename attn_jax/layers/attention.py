@@ -29,8 +29,11 @@ class MultiHeadAttention(nn.Module):
     decode: keep a key/value cache for incremental self-attention decoding. Initialise
       with a full-length input (`init` with `[batch, max_len, d]`) so the cache has
       `max_len` slots; then call with one (or a few) new tokens at a time.
-    sow_weights: store the attention weights [batch, heads, q_len, kv_len] in the
-      'intermediates' collection under 'attention_weights' (forces the reference path).
+    sow_weights: when the 'intermediates' collection is mutable (`apply(...,
+      mutable=['intermediates'])`), store the attention weights [batch, heads, q_len, kv_len]
+      there under 'attention_weights'. Only such a call (or `return_weights=True`) takes the
+      reference path; every other call goes through `F.attention`'s dispatch (blockwise
+      kernel on CPU, cuDNN flash attention on GPU).
     implementation: passed to `F.attention`.
     dtype: computation dtype (e.g. bfloat16); params are kept in param_dtype.
   """
@@ -101,14 +104,15 @@ class MultiHeadAttention(nn.Module):
       is_causal = False
     rate = 0.0 if deterministic else self.dropout_rate
     rng = self.make_rng("dropout") if rate > 0 else None
-    want = self.sow_weights or return_weights
+    sow = self.sow_weights and self.is_mutable_collection("intermediates")
+    want = sow or return_weights
     res = F.attention(q, k, v, mask=mask, bias=bias, valid_lens=valid_lens, is_causal=is_causal,
                       dropout_rate=rate, dropout_rng=rng, return_weights=want,
                       implementation=None if want else self.implementation)
     weights = None
     if want:
       res, weights = res
-    if self.sow_weights:
+    if sow:
       self.sow("intermediates", "attention_weights", weights)
     out = F.project_out(res, p["W_o"], p.get("b_o"))
     return (out, weights) if return_weights else out
@@ -154,7 +158,8 @@ class AdditiveAttention(nn.Module):
   Attributes:
     hidden: width of the tanh layer.
     dropout_rate: dropout on the weights when not deterministic.
-    sow_weights: store the weights in 'intermediates' / 'attention_weights'.
+    sow_weights: store the weights in 'intermediates' / 'attention_weights' (when that
+      collection is mutable).
     project_keys: apply `W_k` here; False: the keys come projected ([batch, kv_len, hidden],
       e.g. from a Dense applied once per source sentence), which saves a recurrent decoder
       from projecting the same keys at every step.
@@ -177,7 +182,7 @@ class AdditiveAttention(nn.Module):
         queries, keys, values, score_fn=lambda q, k: F.additive_scores(q, k, params),
         valid_lens=valid_lens, mask=mask, dropout_rate=rate,
         dropout_rng=self.make_rng("dropout") if rate > 0 else None, return_weights=True)
-    if self.sow_weights:
+    if self.sow_weights and self.is_mutable_collection("intermediates"):
       self.sow("intermediates", "attention_weights", weights)
     return (out, weights) if return_weights else out
 
@@ -194,7 +199,8 @@ class LuongAttention(nn.Module):
   Attributes:
     score: 'dot' | 'general' | 'concat'.
     hidden: width of the tanh layer for 'concat' (default: the query width).
-    sow_weights: store the weights in 'intermediates' / 'attention_weights'.
+    sow_weights: store the weights in 'intermediates' / 'attention_weights' (when that
+      collection is mutable).
   """
   score: str = "general"
   hidden: int | None = None
@@ -222,6 +228,6 @@ class LuongAttention(nn.Module):
                        f"got {self.score!r}.")
     out, weights = F.attention(queries, keys, values, score_fn=score_fn, valid_lens=valid_lens,
                                mask=mask, return_weights=True)
-    if self.sow_weights:
+    if self.sow_weights and self.is_mutable_collection("intermediates"):
       self.sow("intermediates", "attention_weights", weights)
     return (out, weights) if return_weights else out

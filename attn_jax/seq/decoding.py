@@ -28,7 +28,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from attn_jax.seq.tasks import BOS, EOS, PAD
+from attn_jax.tokens import BOS, EOS, PAD
 
 NEG = -1e9  # log-prob of a forbidden move; finite so sums stay finite
 

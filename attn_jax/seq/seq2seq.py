@@ -1,7 +1,8 @@
 """RNN encoder-decoder (Seq2Seq) with no attention, Bahdanau or Luong attention.
 
-    model = Seq2Seq(src_vocab=13, tgt_vocab=13, embed_dim=32, hidden=64, attention='bahdanau')
+    model = Seq2Seq(src_vocab=13, tgt_vocab=13, embed_width=32, width=64, attention='bahdanau')
     variables = model.init(key, src, tgt_in)
+    logits = model.apply(variables, src, tgt_in, train=True, rngs={'dropout': key})
     logits, state = model.apply(variables, src, tgt_in, mutable=['intermediates'])
     state['intermediates']['cross_attention']   # ([batch, tgt_len, src_len],)
 
@@ -16,9 +17,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from typing import Any
+
 from attn_jax.functional import _checks as C
 from attn_jax.seq.rnn import DecoderStep, RNNEncoder, carry_from_h, zero_carry
-from attn_jax.seq.tasks import PAD
+from attn_jax.tokens import PAD
 
 
 def source_lengths(src: jax.Array, src_lens: jax.Array | None = None,
@@ -35,76 +38,83 @@ class Seq2Seq(nn.Module):
 
   Attributes:
     src_vocab, tgt_vocab: vocabulary sizes.
-    embed_dim: embedding width (encoder and decoder).
-    hidden: recurrent units (per direction in the encoder; the decoder has `hidden`).
-    num_layers: stacked recurrent layers in the encoder and in the decoder.
+    embed_width: embedding width (encoder and decoder).
+    width: recurrent units (per direction in the encoder; the decoder has `width`).
+    depth: stacked recurrent layers in the encoder and in the decoder.
     cell: 'gru' | 'lstm'.
     bidirectional: bidirectional encoder.
     attention: 'none_context' | 'none_init' | 'bahdanau' | 'luong_dot' | 'luong_general' |
       'luong_concat' (see `DecoderStep`).
-    dropout: on embeddings, between layers and before the output layer.
+    dropout_rate: on embeddings, between layers and before the output layer.
     pad_id: padding id (source lengths are counted from it unless given).
+    sow_weights: with 'intermediates' mutable, sow the decoder's 'cross_attention'.
+    dtype: compute dtype (e.g. bfloat16); logits stay float32. param_dtype: float32.
   """
   src_vocab: int
   tgt_vocab: int
-  embed_dim: int = 32
-  hidden: int = 64
-  num_layers: int = 1
+  embed_width: int = 32
+  width: int = 64
+  depth: int = 1
   cell: str = "gru"
   bidirectional: bool = False
   attention: str = "bahdanau"
-  dropout: float = 0.0
+  dropout_rate: float = 0.0
   pad_id: int = PAD
+  sow_weights: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   def setup(self):
-    self.encoder = RNNEncoder(self.src_vocab, self.embed_dim, self.hidden, self.num_layers,
-                              self.cell, self.bidirectional, self.dropout)
-    self.decoder = DecoderStep(self.tgt_vocab, self.embed_dim, self.hidden, self.num_layers,
-                               self.cell, self.attention, self.dropout)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.encoder = RNNEncoder(self.src_vocab, self.embed_width, self.width, self.depth,
+                              self.cell, self.bidirectional, self.dropout_rate, **kw)
+    self.decoder = DecoderStep(self.tgt_vocab, self.embed_width, self.width, self.depth,
+                               self.cell, self.attention, self.dropout_rate, **kw)
     if self.attention != "none_context":
-      self.bridge = [nn.Dense(self.hidden) for _ in range(self.num_layers)]
+      self.bridge = [nn.Dense(self.width, **kw) for _ in range(self.depth)]
     if self.attention == "bahdanau" or (self.attention == "luong_dot" and self.bidirectional):
       # bahdanau: W_k of the additive score, applied once per sentence, not at every step;
       # luong_dot: dot needs equal widths.
-      self.key_proj = nn.Dense(self.hidden, use_bias=False)
+      self.key_proj = nn.Dense(self.width, use_bias=False, **kw)
 
   def encode(self, src: jax.Array, src_lens: jax.Array | None = None,
-             deterministic: bool = True) -> dict:
+             train: bool = False) -> dict:
     """src: [batch, src_len] -> the decoder's initial state and memory (a dict of arrays,
     every leaf with a leading batch axis): 'dec' (carries + feed), 'memory'
-    [batch, src_len, hidden * dirs], 'keys', 'src_lens' [batch], 'context' [batch, hidden * dirs].
+    [batch, src_len, width * dirs], 'keys', 'src_lens' [batch], 'context' [batch, width * dirs].
     """
     lens = source_lengths(src, src_lens, self.pad_id)
-    memory, finals = self.encoder(src, lens, deterministic)
-    batch = src.shape[0]
+    memory, finals = self.encoder(src, lens, train)
+    batch, dtype = src.shape[0], self.dtype or jnp.float32
     if self.attention == "none_context":
-      carry = tuple(zero_carry(self.cell, batch, self.hidden) for _ in finals)
+      carry = tuple(zero_carry(self.cell, batch, self.width, dtype) for _ in finals)
     else:
       carry = tuple(carry_from_h(self.cell, jnp.tanh(b(f))) for b, f in zip(self.bridge, finals))
     keys = self.key_proj(memory) if hasattr(self, "key_proj") else memory
-    dec = {"carry": carry, "feed": jnp.zeros((batch, self.hidden), jnp.float32)}
+    dec = {"carry": carry, "feed": jnp.zeros((batch, self.width), dtype)}
     return {"dec": dec, "memory": memory, "keys": keys, "src_lens": lens, "context": finals[-1]}
 
   def __call__(self, src: jax.Array, tgt_in: jax.Array, src_lens: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
+               train: bool = False) -> jax.Array:
     """Teacher forcing. src: [batch, src_len]; tgt_in: [batch, tgt_len] (BOS first).
 
-    Returns logits [batch, tgt_len, tgt_vocab]; sows 'cross_attention' [batch, tgt_len,
-    src_len] into 'intermediates' (all zero for the 'none_*' decoders).
+    Returns logits [batch, tgt_len, tgt_vocab] (float32). With 'intermediates' mutable,
+    sows 'cross_attention' [batch, tgt_len, src_len] (all zero for the 'none_*' decoders).
     """
     C.check_rank("Seq2Seq", "tgt_in", tgt_in, "[batch, tgt_len] token ids", rank=2)
-    st = self.encode(src, src_lens, deterministic)
+    st = self.encode(src, src_lens, train)
 
     def body(step, dec, token, memory, keys, lens, context):
-      return step.features(dec, token, memory, keys, lens, context, deterministic)
+      return step.features(dec, token, memory, keys, lens, context, train)
 
     scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
                    in_axes=(1, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                    out_axes=1)
     _, (feats, weights) = scan(self.decoder, st["dec"], tgt_in, st["memory"], st["keys"],
                                st["src_lens"], st["context"])
-    self.sow("intermediates", "cross_attention", weights)
-    return self.decoder.logits(feats, deterministic)   # all steps in one matmul
+    if self.sow_weights and self.is_mutable_collection("intermediates"):
+      self.sow("intermediates", "cross_attention", weights)
+    return self.decoder.logits(feats, train)   # all steps in one matmul
 
   def init_decode_state(self, src: jax.Array, max_len: int,
                         src_lens: jax.Array | None = None) -> dict:

@@ -1,110 +1,130 @@
 """Transformer encoder-decoder (Vaswani et al., 2017) from `MultiHeadAttention`.
 
-    model = Transformer(src_vocab=13, tgt_vocab=13, d_model=64, num_heads=4, d_ff=128)
+    model = Transformer(src_vocab=13, tgt_vocab=13, width=64, num_heads=4, mlp_dim=128)
     variables = model.init(key, src, tgt_in)
-    logits = model.apply(variables, src, tgt_in, deterministic=False, rngs={'dropout': key})
+    logits = model.apply(variables, src, tgt_in, train=True, rngs={'dropout': key})
 
 Post-LN (`x = LN(x + sublayer(x))`, the paper's and torch's default) or pre-LN
 (`x = x + sublayer(LN(x))` and a final LN per stack). Layer parameter names follow
-torch's `TransformerEncoderLayer` (`self_attn`, `ff1`, `ff2`, `ln1`..`ln3`) so weights
-copy across (see tests/test_seq_transformer.py). With `decode=True` the decoder
-self-attention keeps a key/value cache: `init_decode_state` + `decode_step` run one
-token at a time (used by `attn_jax.seq.decoding`).
+torch's `TransformerEncoderLayer` (`self_attn`, `cross_attn`, `ln1`..`ln3`; the
+feed-forward is the shared `MlpBlock` as `mlp/fc1`, `mlp/fc2`) so weights copy across
+(tests/test_seq_transformer.py). Attention maps are computed only when asked for:
+with 'intermediates' mutable every layer sows its maps and the model sows the last
+decoder layer's 'cross_attention'; otherwise every attention call runs on
+`F.attention`'s fast path. With `decode=True` the decoder self-attention keeps a
+key/value cache: `init_decode_state` + `decode_step` run one token at a time (used by
+`attn_jax.seq.decoding`). `scan_layers` runs each stack as one `nn.scan`
+(`encoder/layer_scan`, `decoder/layer_scan` with a leading [depth] axis).
 """
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from attn_jax import functional as F
-from attn_jax.layers.attention import MultiHeadAttention
+from attn_jax.layers import MlpBlock, MultiHeadAttention, run_stack
 from attn_jax.seq.seq2seq import source_lengths
-from attn_jax.seq.tasks import PAD
+from attn_jax.tokens import PAD
 
-ACTIVATIONS = {"relu": nn.relu, "gelu": lambda x: nn.gelu(x, approximate=False)}
-
-
-class FeedForward(nn.Module):
-  """Position-wise `ff2(dropout(act(ff1(x))))`: [..., d_model] -> [..., d_model]."""
-  d_ff: int
-  activation: str = "relu"
-  dropout: float = 0.0
-
-  @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-    if self.activation not in ACTIVATIONS:
-      raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}.")
-    h = ACTIVATIONS[self.activation](nn.Dense(self.d_ff, name="ff1")(x))
-    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
-    return nn.Dense(x.shape[-1], name="ff2")(h)
+# torch.nn.Linear's default initialisation family (what the torch Transformer uses)
+_DENSE = dict(kernel_init=nn.initializers.lecun_normal(), bias_init=nn.initializers.zeros_init())
 
 
-def _sublayer(x, f, norm, drop, pre_ln: bool, deterministic: bool):
-  """Residual block: pre-LN `x + drop(f(norm(x)))` or post-LN `norm(x + drop(f(x)))`.
-
-  f returns (y, aux); returns (x, aux).
-  """
-  y, aux = f(norm(x) if pre_ln else x)
-  x = x + drop(y, deterministic=deterministic)
-  return (x if pre_ln else norm(x)), aux
-
-
-class EncoderLayer(nn.Module):
-  """Self-attention + feed-forward. x: [batch, len, d_model], src_lens: [batch] -> same shape."""
+class _Layer(nn.Module):
+  """What encoder and decoder layers share: sizes, dropout, dtypes, the residual wrapper."""
   num_heads: int
-  d_ff: int
-  dropout: float = 0.0
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
   pre_ln: bool = False
   activation: str = "relu"
-  sow_weights: bool = False
+  sow_weights: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  def _kw(self) -> dict:
+    return dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+  def _attn(self, name: str, decode: bool = False) -> MultiHeadAttention:
+    return MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout_rate,
+                              decode=decode, sow_weights=self.sow_weights, name=name,
+                              **self._kw())
+
+  def _sublayer(self, x, f, norm_name: str, train: bool):
+    """Pre-LN `x + drop(f(norm(x)))` or post-LN `norm(x + drop(f(x)))`; f returns (y, aux)."""
+    norm = nn.LayerNorm(1e-5, name=norm_name, **self._kw())
+    y, aux = f(norm(x) if self.pre_ln else x)
+    x = x + nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    return (x if self.pre_ln else norm(x)), aux
+
+  def _mlp(self, x, norm_name: str, train: bool):
+    mlp = MlpBlock(self.mlp_dim, activation=self.activation, dropout_rate=self.dropout_rate,
+                   name="mlp", **_DENSE, **self._kw())
+    return self._sublayer(x, lambda h: (mlp(h, train), None), norm_name, train)[0]
+
+
+class EncoderLayer(_Layer):
+  """Self-attention + feed-forward. x: [batch, len, width], src_lens: [batch] -> same shape."""
 
   @nn.compact
   def __call__(self, x: jax.Array, src_lens: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
-    drop = nn.Dropout(self.dropout)
-    sa = MultiHeadAttention(self.num_heads, dropout_rate=self.dropout,
-                            sow_weights=self.sow_weights, name="self_attn")
-    x, _ = _sublayer(x, lambda h: (sa(h, valid_lens=src_lens, deterministic=deterministic), None),
-                     nn.LayerNorm(1e-5, name="ln1"), drop, self.pre_ln, deterministic)
-    ff = FeedForward(self.d_ff, self.activation, self.dropout, name="ff")
-    x, _ = _sublayer(x, lambda h: (ff(h, deterministic), None), nn.LayerNorm(1e-5, name="ln2"),
-                     drop, self.pre_ln, deterministic)
-    return x
+               train: bool = False) -> jax.Array:
+    sa = self._attn("self_attn")
+    x, _ = self._sublayer(x, lambda h: (sa(h, valid_lens=src_lens, deterministic=not train),
+                                        None), "ln1", train)
+    return self._mlp(x, "ln2", train)
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(_Layer):
   """Causal self-attention (cached when `decode`), cross-attention, feed-forward.
 
-  x: [batch, tgt_len, d_model]; memory: [batch, src_len, d_model]; src_lens: [batch]
-  -> (x, cross-attention weights [batch, heads, tgt_len, src_len]).
+  x: [batch, tgt_len, width]; memory: [batch, src_len, width]; src_lens: [batch]
+  -> (x, cross-attention weights [batch, heads, tgt_len, src_len] with `return_weights`,
+  which takes the reference attention path for the cross-attention; else None).
   """
-  num_heads: int
-  d_ff: int
-  dropout: float = 0.0
-  pre_ln: bool = False
-  activation: str = "relu"
   decode: bool = False
-  sow_weights: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, memory: jax.Array, src_lens: jax.Array | None = None,
-               deterministic: bool = True):
-    drop = nn.Dropout(self.dropout)
-    mha = lambda name, dec: MultiHeadAttention(self.num_heads, dropout_rate=self.dropout,
-                                               decode=dec, sow_weights=self.sow_weights, name=name)
-    sa, ca = mha("self_attn", self.decode), mha("cross_attn", False)
-    x, _ = _sublayer(x, lambda h: (sa(h, is_causal=True, deterministic=deterministic), None),
-                     nn.LayerNorm(1e-5, name="ln1"), drop, self.pre_ln, deterministic)
-    x, w = _sublayer(x, lambda h: ca(h, memory, valid_lens=src_lens, deterministic=deterministic,
-                                     return_weights=True),
-                     nn.LayerNorm(1e-5, name="ln2"), drop, self.pre_ln, deterministic)
-    ff = FeedForward(self.d_ff, self.activation, self.dropout, name="ff")
-    x, _ = _sublayer(x, lambda h: (ff(h, deterministic), None), nn.LayerNorm(1e-5, name="ln3"),
-                     drop, self.pre_ln, deterministic)
-    return x, w
+               train: bool = False, return_weights: bool = False):
+    sa, ca = self._attn("self_attn", self.decode), self._attn("cross_attn")
+    x, _ = self._sublayer(x, lambda h: (sa(h, is_causal=True, deterministic=not train), None),
+                          "ln1", train)
+
+    def cross(h):
+      out = ca(h, memory, valid_lens=src_lens, deterministic=not train,
+               return_weights=return_weights)
+      return out if return_weights else (out, None)
+
+    x, w = self._sublayer(x, cross, "ln2", train)
+    return self._mlp(x, "ln3", train), w
+
+
+class _Stack(nn.Module):
+  """`depth` encoder or decoder layers (unrolled or scanned) and the final pre-LN norm."""
+  layer: dict          # EncoderLayer / DecoderLayer attributes
+  decoder: bool
+  depth: int
+  final_norm: bool
+  scan: bool = False
+  remat: str = "none"
+
+  @nn.compact
+  def __call__(self, x, *args, train: bool = False, return_weights: bool = False):
+    cls = DecoderLayer if self.decoder else EncoderLayer
+    out = run_stack(lambda name, _: cls(**self.layer, name=name), x, *args, depth=self.depth,
+                    train=train, scan=self.scan, remat=self.remat, name="layer",
+                    returns_aux=self.decoder,
+                    static={"return_weights": return_weights} if self.decoder else None)
+    x, w = out if self.decoder else (out, None)
+    if self.final_norm:
+      x = nn.LayerNorm(1e-5, dtype=self.layer["dtype"], param_dtype=self.layer["param_dtype"],
+                       name="norm")(x)
+    return (x, w) if self.decoder else x
 
 
 class Transformer(nn.Module):
@@ -112,28 +132,34 @@ class Transformer(nn.Module):
 
   Attributes:
     src_vocab, tgt_vocab: vocabulary sizes.
-    d_model, num_heads, d_ff: widths (d_ff = the feed-forward expansion, e.g. 4 * d_model).
-    num_layers: layers per stack, unless `enc_layers` / `dec_layers` say otherwise.
-    dropout: on embeddings, attention weights, sublayer outputs and inside the feed-forward.
+    width, num_heads, mlp_dim: model width, heads, feed-forward hidden width.
+    depth: layers per stack, unless `encoder_depth` / `decoder_depth` say otherwise.
+    dropout_rate: on embeddings, sublayer outputs and inside the feed-forward.
+    attention_dropout_rate: on the attention weights (> 0 takes the reference attention
+      path: the fast kernels have no dropout; torch's layers use `dropout_rate` here).
     pre_ln: pre-LN (True) or the original post-LN (False).
     activation: 'relu' | 'gelu'.
-    positions: 'sinusoidal' | 'learned' (learned: [max_len, d_model], N(0, 0.02)).
+    positions: 'sinusoidal' | 'learned' (learned: [max_len, width], N(0, 0.02)).
     share_embeddings: one embedding table for source and target (needs equal vocabularies).
     max_len: longest source / target sequence.
     pad_id: padding id; source lengths are counted from it unless given.
     decode: cache the decoder self-attention keys/values (incremental decoding).
-    sow_weights: sow every layer's attention maps ('attention_weights' under each
-      `self_attn` / `cross_attn`) into 'intermediates'.
+    sow_weights: with 'intermediates' mutable, every attention layer sows its maps.
+    dtype: compute dtype (e.g. bfloat16); softmax statistics and logits stay float32.
+    param_dtype: parameter dtype (float32).
+    scan_layers: each stack is one `nn.scan` over its layers.
+    remat: rematerialisation policy per layer: 'none' | 'full' | 'dots'.
   """
   src_vocab: int
   tgt_vocab: int
-  d_model: int = 64
+  width: int = 64
   num_heads: int = 4
-  d_ff: int = 256
-  num_layers: int = 2
-  enc_layers: int | None = None
-  dec_layers: int | None = None
-  dropout: float = 0.1
+  mlp_dim: int = 256
+  depth: int = 2
+  encoder_depth: int | None = None
+  decoder_depth: int | None = None
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.0
   pre_ln: bool = False
   activation: str = "relu"
   positions: str = "sinusoidal"
@@ -142,69 +168,72 @@ class Transformer(nn.Module):
   pad_id: int = PAD
   decode: bool = False
   sow_weights: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  scan_layers: bool = False
+  remat: str = "none"
 
   def setup(self):
     if self.share_embeddings and self.src_vocab != self.tgt_vocab:
       raise ValueError("Transformer: share_embeddings needs src_vocab == tgt_vocab, got "
                        f"{self.src_vocab} and {self.tgt_vocab}.")
-    self.src_embed = nn.Embed(self.src_vocab, self.d_model)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.src_embed = nn.Embed(self.src_vocab, self.width, **kw)
     if not self.share_embeddings:
-      self.tgt_embed = nn.Embed(self.tgt_vocab, self.d_model)
+      self.tgt_embed = nn.Embed(self.tgt_vocab, self.width, **kw)
     if self.positions == "learned":
       self.pos_table = self.param("pos_embed", nn.initializers.normal(0.02),
-                                  (self.max_len, self.d_model))
+                                  (self.max_len, self.width), self.param_dtype)
     elif self.positions == "sinusoidal":
-      self.pos_table = F.sinusoidal_positions(self.max_len, self.d_model)
+      self.pos_table = F.sinusoidal_positions(self.max_len, self.width)
     else:
       raise ValueError(f"positions must be 'sinusoidal' or 'learned', got {self.positions!r}.")
-    kw = dict(num_heads=self.num_heads, d_ff=self.d_ff, dropout=self.dropout, pre_ln=self.pre_ln,
-              activation=self.activation, sow_weights=self.sow_weights)
-    self.enc = [EncoderLayer(**kw) for _ in range(self.enc_layers or self.num_layers)]
-    self.dec = [DecoderLayer(decode=self.decode, **kw)
-                for _ in range(self.dec_layers or self.num_layers)]
-    if self.pre_ln:
-      self.enc_norm, self.dec_norm = nn.LayerNorm(1e-5), nn.LayerNorm(1e-5)
-    self.drop = nn.Dropout(self.dropout)
-    self.out = nn.Dense(self.tgt_vocab)
+    layer = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
+                 attention_dropout_rate=self.attention_dropout_rate, pre_ln=self.pre_ln,
+                 activation=self.activation, sow_weights=self.sow_weights, **kw)
+    stack = dict(final_norm=self.pre_ln, scan=self.scan_layers, remat=self.remat)
+    self.encoder = _Stack(layer, False, self.encoder_depth or self.depth, **stack)
+    self.decoder = _Stack({**layer, "decode": self.decode}, True,
+                          self.decoder_depth or self.depth, **stack)
+    self.drop = nn.Dropout(self.dropout_rate)
+    self.out = nn.Dense(self.tgt_vocab, **kw)
 
-  def _embed(self, table: nn.Embed, tokens: jax.Array, offset, deterministic: bool) -> jax.Array:
-    """tokens [batch, len] at positions offset.. -> [batch, len, d_model] (scaled by sqrt(d))."""
+  def _embed(self, table: nn.Embed, tokens: jax.Array, offset, train: bool) -> jax.Array:
+    """tokens [batch, len] at positions offset.. -> [batch, len, width] (scaled by sqrt(width))."""
     if tokens.shape[1] > self.max_len:
       raise ValueError(f"Transformer: sequence length {tokens.shape[1]} > max_len={self.max_len}.")
     pos = jax.lax.dynamic_slice_in_dim(self.pos_table, offset, tokens.shape[1])
-    x = table(tokens) * math.sqrt(self.d_model) + pos
-    return self.drop(x, deterministic=deterministic)
+    x = table(tokens) * math.sqrt(self.width) + pos.astype(self.dtype or jnp.float32)
+    return self.drop(x, deterministic=not train)
 
-  def encode(self, src: jax.Array, src_lens: jax.Array | None = None,
-             deterministic: bool = True):
-    """src: [batch, src_len] -> (memory [batch, src_len, d_model], src_lens [batch])."""
+  def encode(self, src: jax.Array, src_lens: jax.Array | None = None, train: bool = False):
+    """src: [batch, src_len] -> (memory [batch, src_len, width], src_lens [batch])."""
     lens = source_lengths(src, src_lens, self.pad_id)
-    x = self._embed(self.src_embed, src, 0, deterministic)
-    for layer in self.enc:
-      x = layer(x, lens, deterministic)
-    return (self.enc_norm(x) if self.pre_ln else x), lens
+    x = self._embed(self.src_embed, src, 0, train)
+    return self.encoder(x, lens, train=train), lens
 
   def run_decoder(self, tgt_in: jax.Array, memory: jax.Array, src_lens: jax.Array,
-                  deterministic: bool = True, offset=0):
-    """tgt_in: [batch, tgt_len] at positions offset.. -> (logits [batch, tgt_len, tgt_vocab],
-    last layer's cross-attention [batch, heads, tgt_len, src_len])."""
+                  train: bool = False, offset=0, return_weights: bool = False):
+    """tgt_in: [batch, tgt_len] at positions offset.. -> (logits [batch, tgt_len, tgt_vocab]
+    float32, the last layer's cross-attention [batch, heads, tgt_len, src_len] or None
+    without `return_weights`)."""
     table = self.src_embed if self.share_embeddings else self.tgt_embed
-    x = self._embed(table, tgt_in, offset, deterministic)
-    for layer in self.dec:
-      x, w = layer(x, memory, src_lens, deterministic)
-    x = self.dec_norm(x) if self.pre_ln else x
-    return self.out(x), w
+    x = self._embed(table, tgt_in, offset, train)
+    x, w = self.decoder(x, memory, src_lens, train=train, return_weights=return_weights)
+    return self.out(x).astype(jnp.float32), w
 
   def __call__(self, src: jax.Array, tgt_in: jax.Array, src_lens: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
+               train: bool = False) -> jax.Array:
     """Teacher forcing. src: [batch, src_len]; tgt_in: [batch, tgt_len] (BOS first).
 
-    Returns logits [batch, tgt_len, tgt_vocab]; sows the last decoder layer's
-    'cross_attention' [batch, heads, tgt_len, src_len] into 'intermediates'.
+    Returns logits [batch, tgt_len, tgt_vocab] (float32). With 'intermediates' mutable, also
+    sows the last decoder layer's 'cross_attention' [batch, heads, tgt_len, src_len].
     """
-    memory, lens = self.encode(src, src_lens, deterministic)
-    logits, w = self.run_decoder(tgt_in, memory, lens, deterministic)
-    self.sow("intermediates", "cross_attention", w)
+    memory, lens = self.encode(src, src_lens, train)
+    want = self.is_mutable_collection("intermediates")
+    logits, w = self.run_decoder(tgt_in, memory, lens, train, return_weights=want)
+    if want:
+      self.sow("intermediates", "cross_attention", w)
     return logits
 
   def init_decode_state(self, src: jax.Array, max_len: int,
@@ -220,5 +249,5 @@ class Transformer(nn.Module):
     """One cached step (`decode=True`): token [batch] -> (logits [batch, tgt_vocab], state,
     last layer's cross-attention averaged over heads [batch, src_len])."""
     logits, w = self.run_decoder(token[:, None], state["memory"], state["src_lens"],
-                                 offset=state["pos"][0])
+                                 offset=state["pos"][0], return_weights=True)
     return logits[:, 0], {**state, "pos": state["pos"] + 1}, w[:, :, 0].mean(1)

@@ -7,6 +7,9 @@ anything is built or compiled: an unknown key or an impossible combination raise
 """
 from __future__ import annotations
 
+import difflib
+import math
+
 import ml_collections
 
 from attn_jax.train import models as M
@@ -19,72 +22,102 @@ class ConfigError(ValueError):
 def base_config() -> ml_collections.ConfigDict:
   """Every key with its default (the offline default experiment's values where sensible)."""
   c = ml_collections.ConfigDict()
-  c.seed = 0
+  c.seed = 0                    # PRNG seed of init, dropout and data order
   c.model = ml_collections.ConfigDict({"name": "mlp"})   # plus constructor kwargs
   d = c.data = ml_collections.ConfigDict()
   d.source = "local"            # tfds | local | multi30k | pairs | tsv | task
   d.name = ""                   # tfds dataset or generated task name
   d.path = ""                   # local folder / tar / multi30k root
   d.data_dir = ""               # tfds data_dir ('' = tfds default)
-  d.train_split = "train"
-  d.eval_split = "test"
+  d.train_split = "train"       # split (tfds / local / multi30k) to train on
+  d.eval_split = "test"         # split to evaluate on
   d.train_files = ""            # 'src,tgt' (pairs) or 'file.tsv' (tsv)
-  d.eval_files = ""
-  d.src_lang = "de"
-  d.tgt_lang = "en"
+  d.eval_files = ""             # like train_files, for the eval split
+  d.src_column = 0              # tsv: column of the source sentence (0-based)
+  d.tgt_column = 1              # tsv: column of the target sentence
+  d.src_lang = "de"             # multi30k: source language
+  d.tgt_lang = "en"             # multi30k: target language
   d.tokenizer = "word"          # word | sentencepiece
-  d.min_freq = 2
-  d.vocab_size = 8000
-  d.buckets = (16, 32, 64)
+  d.min_freq = 2                # word tokenizer: rarer words become <unk>
+  d.vocab_size = 8000           # sentencepiece: vocabulary size
+  d.buckets = (16, 32, 64)      # lengths text batches are padded to
   d.num_train = 10_000          # generated tasks
-  d.num_eval = 1_000
+  d.num_eval = 1_000            # generated tasks: eval examples
   d.max_eval_examples = 0       # 0 = the whole eval split
   d.num_classes = 0             # 0 = from the labels
   d.mean = ()                   # () = 0.5 per channel
-  d.std = ()
-  d.crop_padding = 0
-  d.flip = False
+  d.std = ()                    # image normalization std per channel; () = 0.5
+  d.crop_padding = 0            # random crops after padding this many pixels
+  d.flip = False                # random horizontal flips (train)
   d.rotate = 0.0                # random rotation in [-rotate, rotate] degrees, train AND eval
   d.translate = 0               # random shift in [-translate, translate] pixels, train AND eval
   d.canvas = 0                  # pad images (centred) to canvas x canvas first; 0 = keep
+  d.prefetch = 2                # batches prepared ahead (threads) and put on the devices; 0 = off
   o = c.optim = ml_collections.ConfigDict()
   o.name = "adamw"              # adamw | adam | sgd
-  o.learning_rate = 1e-3
+  o.learning_rate = 1e-3        # peak learning rate (> 0)
   o.schedule = "cosine"         # cosine | linear | constant (after warmup)
-  o.warmup_steps = 0
-  o.end_lr_factor = 0.0
-  o.weight_decay = 0.0
-  o.b1 = 0.9
-  o.b2 = 0.999
-  o.momentum = 0.9
+  o.warmup_steps = 0            # linear warmup from 0 over this many updates
+  o.end_lr_factor = 0.0         # final learning rate / peak, in [0, 1]
+  o.weight_decay = 0.0          # decoupled weight decay (not biases, norms)
+  o.b1 = 0.9                    # Adam beta1, in [0, 1)
+  o.b2 = 0.999                  # Adam beta2, in [0, 1)
+  o.momentum = 0.9              # sgd momentum (0 = none)
   o.grad_clip_norm = 0.0        # 0 = off
-  o.grad_accum_steps = 1
-  c.label_smoothing = 0.0
+  o.skip_nonfinite = 0          # 0: NaN/Inf loss/grads stop the run; n: skip, stop after n in a row
+  o.grad_accum_steps = 1        # micro-batches per optimizer update
+  c.label_smoothing = 0.0       # cross-entropy label smoothing, in [0, 1)
   c.dtype = "float32"           # compute dtype: float32 | bfloat16 (params stay float32)
   c.batch_size = 64             # global, over all devices and hosts
-  c.eval_batch_size = 256
-  c.num_steps = 1000
-  c.log_every = 50
-  c.eval_every = 500
-  c.checkpoint_every = 500
-  c.keep_checkpoints = 2
+  c.eval_batch_size = 256       # global eval batch size
+  c.num_steps = 1000            # training steps (micro-batches)
+  c.log_every = 50              # steps between train metric lines
+  c.eval_every = 500            # steps between evals
+  c.checkpoint_every = 500      # steps between checkpoints
+  c.keep_checkpoints = 2        # newest checkpoints kept
   c.best_metric = ""            # e.g. 'eval_accuracy'; '' = no best-checkpoint keeping
-  c.best_mode = "max"
-  c.async_checkpoint = True
+  c.best_mode = "max"           # max | min: direction of best_metric
+  c.async_checkpoint = True     # write checkpoints in the background
   c.strategy = "jit"            # jit | pmap
-  c.heatmap = True
+  c.heatmap = True              # seq2seq: save attention.png at the end
   c.progress = "auto"           # auto | on | off
+  c.progress_every_s = 60.0     # auto without a TTY: a progress line every this many seconds
   a = c.anchor = ml_collections.ConfigDict()   # the published result a results table compares to
   a.metric = ""                 # e.g. 'accuracy' (%), 'bleu_lower', 'error' (%)
-  a.value = 0.0
-  a.higher_is_better = True
+  a.value = 0.0                 # the published value
+  a.higher_is_better = True     # direction of anchor.metric
   a.source = ""                 # where the number comes from
   t = c.distributed = ml_collections.ConfigDict()
   t.coordinator_address = ""    # '' = single process unless JAX finds a cluster env
-  t.num_processes = 1
-  t.process_id = 0
+  t.num_processes = 1           # processes of a multi-host run
+  t.process_id = 0              # this process's index
   t.initialize = False          # True: call jax.distributed.initialize() from the env
   return c
+
+
+_PREFIX = {"c": "", "d": "data.", "o": "optim.", "a": "anchor.", "t": "distributed."}
+
+
+def key_meanings() -> dict[str, str]:
+  """dotted key -> its one-line meaning (the comments of `base_config`)."""
+  import inspect
+  import re
+  out = {}
+  for line in inspect.getsource(base_config).splitlines():
+    m = re.match(r"\s*([cdoat])\.(\w+) = .*?#\s*(.*)$", line)
+    if m:
+      out[_PREFIX[m.group(1)] + m.group(2)] = m.group(3).strip()
+  return out
+
+
+def keys_help(config) -> str:
+  """Every key of `config` with its value and meaning, one per line (for `--help`)."""
+  meaning = key_meanings()
+  lines = []
+  for key, value in _walk(config):
+    note = meaning.get(key, "model constructor argument" if key.startswith("model.") else "")
+    lines.append(f"  --config.{key}={value!r}" + (f"    {note}" if note else ""))
+  return "\n".join(lines)
 
 
 _CHOICES = {
@@ -99,13 +132,20 @@ _CHOICES = {
 }
 
 
+def did_you_mean(key: str, known) -> str:
+  """' (did you mean 'x'?)' for the closest of `known`, or ''."""
+  close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+  return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def _check_keys(cfg, ref, prefix: str) -> None:
   for key in cfg.keys():
     name = f"{prefix}{key}"
     if prefix == "" and key == "model":
       continue
     if key not in ref:
-      raise ConfigError(f"config.{name}: unknown key; known keys here: {sorted(ref.keys())}.")
+      raise ConfigError(f"config.{name}: unknown key{did_you_mean(key, ref.keys())}; known keys "
+                        f"here: {sorted(ref.keys())}.")
     if isinstance(ref[key], ml_collections.ConfigDict):
       _check_keys(cfg[key], ref[key], name + ".")
 
@@ -144,16 +184,75 @@ def validate(config, num_devices: int = 1) -> None:
   if config.optim.warmup_steps > config.num_steps:
     raise ConfigError(f"config.optim.warmup_steps={config.optim.warmup_steps} exceeds "
                       f"config.num_steps={config.num_steps}.")
+  _check_numbers(config)
   if config.best_metric and not config.best_metric.startswith("eval_"):
     raise ConfigError(f"config.best_metric={config.best_metric!r} must name an eval metric "
                       "('eval_accuracy', 'eval_loss', ...).")
   _check_model_shapes(config)
 
 
+# (key, low, high, low inclusive, high inclusive); None = unbounded.
+_RANGES = (
+    ("optim.learning_rate", 0.0, None, False, False),
+    ("optim.end_lr_factor", 0.0, 1.0, True, True),
+    ("optim.weight_decay", 0.0, None, True, False),
+    ("optim.b1", 0.0, 1.0, True, False),
+    ("optim.b2", 0.0, 1.0, True, False),
+    ("optim.momentum", 0.0, 1.0, True, False),
+    ("optim.grad_clip_norm", 0.0, None, True, False),
+    ("optim.warmup_steps", 0, None, True, False),
+    ("data.min_freq", 1, None, True, False),
+    ("data.vocab_size", 1, None, True, False),
+    ("data.num_train", 1, None, True, False),
+    ("data.num_eval", 1, None, True, False),
+    ("data.max_eval_examples", 0, None, True, False),
+    ("data.src_column", 0, None, True, False),
+    ("data.tgt_column", 0, None, True, False),
+    ("data.crop_padding", 0, None, True, False),
+    ("data.rotate", 0.0, 180.0, True, True),
+    ("data.translate", 0, None, True, False),
+    ("data.canvas", 0, None, True, False),
+    ("optim.skip_nonfinite", 0, None, True, False),
+    ("progress_every_s", 0.0, None, True, False),
+)
+
+
+def _walk(cfg, prefix: str = ""):
+  for key in cfg.keys():
+    value = cfg[key]
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _walk(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
+
+
+def _check_numbers(config) -> None:
+  """No NaN/Inf anywhere; learning rate > 0; rates, betas and sizes in their ranges."""
+  for key, value in _walk(config):
+    for v in (value if isinstance(value, (tuple, list)) else (value,)):
+      if isinstance(v, float) and not math.isfinite(v):
+        raise ConfigError(f"config.{key}={v!r} must be a finite number.")
+  for key, lo, hi, lo_in, hi_in in _RANGES:
+    v = _get(config, key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+      raise ConfigError(f"config.{key}={v!r} must be a number.")
+    bad_lo = lo is not None and (v < lo if lo_in else v <= lo)
+    bad_hi = hi is not None and (v > hi if hi_in else v >= hi)
+    if bad_lo or bad_hi:
+      need = " and ".join(x for x in (
+          lo is not None and f"{'>=' if lo_in else '>'} {lo}",
+          hi is not None and f"{'<=' if hi_in else '<'} {hi}") if x)
+      raise ConfigError(f"config.{key}={v!r} must be {need}.")
+  d = config.data
+  if d.source == "tsv" and d.src_column == d.tgt_column:
+    raise ConfigError(f"config.data.src_column and config.data.tgt_column are both "
+                      f"{d.src_column}; they must name two different columns.")
+
+
 def _check_model_shapes(config) -> None:
   """Head/width and image/patch divisibility, for whichever of these keys the model has."""
   m = config.model
-  width_keys = [k for k in ("hidden", "embed_dim", "d_model", "emb_dim", "features") if k in m]
+  width_keys = [k for k in ("width",) if k in m]
   if "num_heads" in m and width_keys:
     heads = m.num_heads
     for wk in width_keys:

@@ -2,46 +2,79 @@
 
 Order of work: validate the config (before anything is built or compiled), join
 the other processes, build data and model, restore the latest checkpoint if the
-workdir has one, then train with periodic logging, eval and checkpoints. SIGTERM
-saves a checkpoint and returns normally (exit code 0).
+workdir has one, then train with periodic logging, eval and checkpoints. SIGTERM or
+SIGINT saves a checkpoint at the next step boundary and returns normally; NaN/Inf loss
+or gradients stop the run without saving (`guards`); a failed save stops it at once.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from attn_jax.data import sources
+from attn_jax.data import pipeline, sources
 from attn_jax.train import checkpoint as ckpt_lib
 from attn_jax.train import config as config_lib
+from attn_jax.train import guards
 from attn_jax.train import metrics as metrics_lib
 from attn_jax.train import models as models_lib
 from attn_jax.train import optim
 from attn_jax.train import parallel
 from attn_jax.train import step as step_lib
+from attn_jax.train.tasks import Task
 
 
-def setup(config, workdir: str):
-  """Everything but the loop: -> dict(strategy, data, model, family, tx, schedule, host_state)."""
+@dataclasses.dataclass
+class Setup:
+  """Everything built from a config before the loop (and all that evaluation needs).
+
+  `init_fn` is the pure state initialiser: `init_state()` runs it on the mesh, and
+  `abstract_state()` gives the restore target (shapes, dtypes, shardings) without
+  computing anything.
+  """
+  config: Any
+  strategy: Any
+  data: sources.Data
+  model: nn.Module
+  task: Task
+  tx: optax.GradientTransformation
+  schedule: Callable[[Any], Any]
+  init_fn: Callable[[], step_lib.TrainState]
+
+  def init_state(self) -> step_lib.TrainState:
+    return self.strategy.init_state(self.init_fn)
+
+  def abstract_state(self) -> Any:
+    return self.strategy.abstract_state(self.init_fn)
+
+
+def setup(config, workdir: str) -> Setup:
+  """Validates `config`, joins the other processes and builds data, model, task, optimizer."""
+  del workdir   # the workdir is the loop's; setup writes nothing
   parallel.initialize_distributed(config.distributed)
   config_lib.validate(config, jax.device_count())
   strategy = parallel.make_strategy(config.strategy)
   data = sources.build(config, jax.process_index(), jax.process_count())
   _check_data_shapes(config, data)
   dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-  model, family = models_lib.build_model(config.model, data.info, dtype)
-  if (family == "classification") != (data.kind == "image"):
-    raise config_lib.ConfigError(f"config.model.name='{config.model.name}' is a {family} model "
-                                 f"but config.data.source='{config.data.source}' gives {data.kind} data.")
+  try:
+    model, task = models_lib.build_model(config.model, data.info, dtype)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from e
+  if task.data_kind != data.kind:
+    raise config_lib.ConfigError(
+        f"config.model.name='{config.model.name}' is a {task.name} model but "
+        f"config.data.source='{config.data.source}' gives {data.kind} data.")
   tx, schedule = optim.make_optimizer(config.optim, config.num_steps)
-  state = step_lib.init_state(model, family, tx, data.train.batch_at(0), config.seed)
-  host_state = jax.device_get(state)
-  return dict(strategy=strategy, data=data, model=model, family=family, tx=tx,
-              schedule=schedule, host_state=host_state)
+  init_fn = step_lib.make_init_fn(model, task, tx, data.train.batch_at(0), config.seed)
+  return Setup(config, strategy, data, model, task, tx, schedule, init_fn)
 
 
 def _check_data_shapes(config, data) -> None:
@@ -52,7 +85,8 @@ def _check_data_shapes(config, data) -> None:
   for key in ("patch_size",):
     p = config.model.get(key)
     if p and (h % p or w % p):
-      raise config_lib.ConfigError(f"config.model.{key}={p} does not divide the image size {h}x{w}.")
+      raise config_lib.ConfigError(f"config.model.{key}={p} does not divide the image size "
+                                   f"{h}x{w}.")
 
 
 def evaluate(strategy, eval_step, state, batches: Iterator[dict[str, np.ndarray]]) -> dict:
@@ -69,44 +103,64 @@ def evaluate(strategy, eval_step, state, batches: Iterator[dict[str, np.ndarray]
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint).
+  """Trains `config` in `workdir` (resuming from its latest readable checkpoint).
 
   Returns {'step', 'train': last train metrics, 'eval': last eval metrics,
-  'state': the final TrainState as host numpy arrays, 'stopped': True if SIGTERM}.
-  Writes `checkpoints/`, `tensorboard/`, `metrics.jsonl` and (seq2seq with
-  `config.heatmap`) `attention.png` in `workdir`.
+  'state': the final TrainState as host numpy arrays, 'stopped': True if stopped by a
+  signal, 'signal': 'SIGTERM' | 'SIGINT' | ''}. Writes `config.json`, `checkpoints/`,
+  `tensorboard/`, `metrics.jsonl`, `run.json` and (seq2seq with `config.heatmap`)
+  `attention.png` in `workdir`, holding `<workdir>/lock` meanwhile (`guards.run_guard`).
+  Raises NonFiniteError (NaN/Inf loss or gradients), SaveError, CheckpointError,
+  LockError, MismatchError, ConfigError.
   """
+  with guards.run_guard(config, workdir) as stop:
+    return _train_and_evaluate(config, workdir, stop)
+
+
+def _train_and_evaluate(config, workdir: str, stop) -> dict[str, Any]:
   s = setup(config, workdir)
-  strategy, data, family = s["strategy"], s["data"], s["family"]
+  if stop:   # SIGTERM / SIGINT during setup: nothing written yet
+    return guards.stopped_during_setup(stop, workdir)
+  strategy, data, task = s.strategy, s.data, s.task
   lead = jax.process_index() == 0
   ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints, config.best_metric,
                                config.best_mode, config.async_checkpoint)
-  host_state, start = s["host_state"], 0
-  if ckpt.latest_step() is not None:
-    host_state, data_state, start = ckpt.restore(host_state)
+  start = 0
+  if ckpt.latest_step() is not None:   # restored straight into the state's shardings
+    restored, data_state, start = ckpt.restore(s.abstract_state())
+    state = strategy.from_checkpoint(restored)
     data.train.set_state(data_state)
+  else:
+    state = s.init_state()
   axis = "data" if strategy.name == "pmap" else None
   train_step = strategy.compile_train(step_lib.make_train_step(
-      s["model"], family, s["tx"], s["schedule"], config.label_smoothing,
+      s.model, task, s.tx, s.schedule, config.label_smoothing,
       config.optim.grad_accum_steps, axis))
   eval_step = strategy.compile_eval(step_lib.make_eval_step(
-      s["model"], family, config.label_smoothing, axis))
-  state = strategy.put_state(host_state)
-  writer = metrics_lib.MetricWriter(workdir, enabled=lead)
-  progress = metrics_lib.Progress(config.num_steps, start, config.progress, enabled=lead)
-  record = metrics_lib.RunRecord(workdir, config, step_lib.count_params(host_state.params),
+      s.model, task, config.label_smoothing, axis))
+  batches = pipeline.Prefetch(data.train, strategy.put_batch, config.data.prefetch)
+  writer = metrics_lib.MetricWriter(workdir, enabled=lead, resume_step=start)
+  progress = metrics_lib.Progress(config.num_steps, start, config.progress, enabled=lead,
+                                  every_s=config.progress_every_s)
+  guard = guards.NonFiniteGuard(strategy.scalars, config.optim.skip_nonfinite,
+                                ckpt.describe_last)
+  record = metrics_lib.RunRecord(workdir, config, step_lib.count_params(state.params),
                                  enabled=lead)
-  stop = ckpt_lib.StopFlag().install()
   train_m, eval_m, step = {}, {}, start
   t_log, n_log, t0 = time.time(), 0, time.time()
   try:
     while step < config.num_steps and not stop:
-      state, m = train_step(state, strategy.put_batch(next(data.train)))
+      state, m = train_step(state, next(batches))   # the batch is already on the devices
       step += 1
       n_log += 1
+      guard.push(step, m)   # checks the step before (done by now): no stall
+      ckpt.check()          # a failed background save stops the run here
       last = step == config.num_steps
       if step % config.log_every == 0 or last or stop:
+        guard.flush()
         train_m = strategy.scalars(m)
+        if guard.skipped:
+          train_m["skipped_steps"] = guard.skipped
         dt = max(time.time() - t_log, 1e-9)
         train_m.update(steps_per_sec=n_log / dt, examples_per_sec=n_log * config.batch_size / dt)
         writer.write(step, train_m)
@@ -114,30 +168,33 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         progress.update(step, {"loss": train_m["loss"]})
       evaluated = step % config.eval_every == 0 or last
       if evaluated:
+        guard.flush()
         eval_m = evaluate(strategy, eval_step, state, data.eval_batches())
         writer.write(step, eval_m)
         record.update(step, eval_m, config.best_metric, config.best_mode)
       if step % config.checkpoint_every == 0 or last or stop:
-        ckpt.save(step, strategy.host_state(state), data.train.get_state(),
+        guard.flush()       # never saves a non-finite state
+        ckpt.save(step, strategy.checkpoint_state(state), batches.get_state(),
                   metrics=eval_m if evaluated else None, force=True)
   finally:
+    batches.close()
     record.update(step)
     progress.close()
     ckpt.close()
     writer.close()
-    stop.uninstall()
   final = strategy.host_state(state)
   heatmap = None
   if config.heatmap and lead and step > start:
-    from attn_jax.train import visualize
-    heatmap = visualize.save_heatmap(s["model"], family, final, data, workdir)
+    from attn_jax.analysis import heatmaps
+    heatmap = heatmaps.save_heatmap(s.model, task, final, data, workdir)
   if lead:
     elapsed = time.time() - t0
     parts = [f"step {step}/{config.num_steps}"] + [f"{k} {v:.4g}" for k, v in
                                                   {**train_m, **eval_m}.items()
                                                   if k in ("loss", "eval_loss", "eval_accuracy",
                                                            "eval_exact_match")]
-    print(f"done: {', '.join(parts)}, {elapsed:.1f} s{' (stopped by SIGTERM)' if stop else ''}; "
+    stopped = f" (stopped by {stop.signal_name})" if stop else ""
+    print(f"done: {', '.join(parts)}, {elapsed:.1f} s{stopped}; "
           f"workdir {os.path.abspath(workdir)}", flush=True)
   return {"step": step, "train": train_m, "eval": eval_m, "state": final, "stopped": bool(stop),
-          "heatmap": heatmap}
+          "signal": stop.signal_name, "heatmap": heatmap}

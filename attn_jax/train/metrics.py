@@ -16,14 +16,19 @@ from attn_jax.train.tbevents import EventWriter
 
 
 class MetricWriter:
-  """JSONL + TensorBoard scalars (disabled on processes other than 0)."""
+  """JSONL + TensorBoard scalars (disabled on processes other than 0).
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  `resume_step`: the step training starts from; lines logged after it by an earlier,
+  interrupted invocation are dropped (the resumed run logs those steps again)."""
+
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None):
     self.enabled = enabled
     self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
+      if resume_step is not None:
+        truncate_jsonl(self.jsonl_path, resume_step)
       self._tb = EventWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
@@ -45,15 +50,53 @@ def read_jsonl(path: str) -> list[dict[str, float]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-class Progress:
-  """A one-line progress bar with ETA on a TTY; silent otherwise (CI, pipes, `mode='off'`)."""
+def truncate_jsonl(path: str, step: int) -> int:
+  """Drops the lines of `path` logged after `step` (a resumed run logs them again), and a
+  torn last line; rewrites atomically. Returns the number of lines dropped."""
+  if not os.path.exists(path):
+    return 0
+  keep, dropped = [], 0
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        dropped += 1
+        continue
+      if int(row.get("step", 0)) <= step:
+        keep.append(line if line.endswith("\n") else line + "\n")
+      else:
+        dropped += 1
+  if dropped:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
+  return dropped
 
-  def __init__(self, total: int, start: int = 0, mode: str = "auto", enabled: bool = True):
+
+class Progress:
+  """A one-line progress bar with ETA on a TTY; on a pipe, file or nohup (`mode='auto'`
+  without a TTY) a plain progress line every `every_s` seconds; nothing with `mode='off'`."""
+
+  def __init__(self, total: int, start: int = 0, mode: str = "auto", enabled: bool = True,
+               every_s: float = 60.0):
     tty = sys.stderr.isatty() and not os.environ.get("CI")
     self.on = enabled and (mode == "on" or (mode == "auto" and tty))
+    self.lines = enabled and mode == "auto" and not self.on and every_s > 0
+    self.every_s, self.t_line = every_s, time.time()
     self.total, self.start, self.t0 = total, start, time.time()
 
   def update(self, step: int, metrics: dict[str, float] | None = None) -> None:
+    if self.lines and time.time() - self.t_line >= self.every_s:
+      self.t_line = time.time()
+      done, elapsed = step - self.start, time.time() - self.t0
+      rate = done / elapsed if elapsed > 0 else 0.0
+      eta = (self.total - step) / rate if rate > 0 else float("inf")
+      eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "--:--:--"
+      extra = " ".join(f"{k}={v:.4g}" for k, v in (metrics or {}).items())
+      print(f"step {step}/{self.total} {rate:.1f} it/s ETA {eta_s} {extra}", file=sys.stderr,
+            flush=True)
     if not self.on:
       return
     done = step - self.start

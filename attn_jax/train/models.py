@@ -1,9 +1,10 @@
-"""Model registry: `config.model.name` -> a lazily imported Flax constructor.
+"""Model registry: `config.model.name` -> a lazily imported Flax constructor and its task.
 
-Each entry names the constructor (`"module:attr"`), its family ('classification'
-or 'seq2seq') and which fields the runner fills in from the data (number of
-classes, vocabulary sizes). Every other `config.model.<key>` is passed to the
-constructor as a keyword; `check_model_keys` rejects keys the constructor lacks.
+Each entry names the constructor (`"module:attr"`), its task (`attn_jax.train.tasks`) and
+which fields the runner fills in from the data (number of classes, vocabulary sizes).
+Every other `config.model.<key>` is passed to the constructor as a keyword;
+`check_model_keys` rejects keys the constructor lacks. Every model takes the same names
+for the same things (`width`, `depth`, `num_heads`, `mlp_dim`, `dropout_rate`, `dtype`, ...).
 """
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from attn_jax.train.tasks import CLASSIFICATION, SEQ2SEQ, Task
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   target: str                     # "package.module:Constructor"
-  family: str                     # 'classification' | 'seq2seq'
+  task: Task
   data_fields: dict[str, str]     # constructor kwarg -> key of Data.info
 
   def constructor(self) -> Callable[..., nn.Module]:
@@ -31,20 +34,15 @@ class ModelSpec:
 _CLS = {"num_classes": "num_classes"}
 _SEQ = {"src_vocab": "src_vocab", "tgt_vocab": "tgt_vocab"}
 REGISTRY: dict[str, ModelSpec] = {
-    "mlp": ModelSpec("attn_jax.train.models:MLPClassifier", "classification", _CLS),
-    "vit": ModelSpec("attn_jax.vision.vit:ViT", "classification", _CLS),
-    "swin": ModelSpec("attn_jax.vision.swin:SwinTransformer", "classification", _CLS),
-    "resnet": ModelSpec("attn_jax.vision.resnet:ResNet", "classification", _CLS),
-    "cnn": ModelSpec("attn_jax.vision.cnn:ConvNet", "classification", _CLS),
-    "stn_cnn": ModelSpec("attn_jax.vision.stn:stn_cnn", "classification", _CLS),
-    "seq2seq": ModelSpec("attn_jax.seq.seq2seq:Seq2Seq", "seq2seq", _SEQ),
-    "transformer": ModelSpec("attn_jax.seq.transformer:Transformer", "seq2seq", _SEQ),
+    "mlp": ModelSpec("attn_jax.train.models:MLPClassifier", CLASSIFICATION, _CLS),
+    "vit": ModelSpec("attn_jax.vision.vit:ViT", CLASSIFICATION, _CLS),
+    "swin": ModelSpec("attn_jax.vision.swin:SwinTransformer", CLASSIFICATION, _CLS),
+    "resnet": ModelSpec("attn_jax.vision.resnet:ResNet", CLASSIFICATION, _CLS),
+    "cnn": ModelSpec("attn_jax.vision.cnn:ConvNet", CLASSIFICATION, _CLS),
+    "stn_cnn": ModelSpec("attn_jax.vision.stn:stn_cnn", CLASSIFICATION, _CLS),
+    "seq2seq": ModelSpec("attn_jax.seq.seq2seq:Seq2Seq", SEQ2SEQ, _SEQ),
+    "transformer": ModelSpec("attn_jax.seq.transformer:Transformer", SEQ2SEQ, _SEQ),
 }
-
-
-def register(name: str, spec: ModelSpec) -> None:
-  """Adds a model (e.g. from a user's package) to the registry."""
-  REGISTRY[name] = spec
 
 
 def spec_of(name: str) -> ModelSpec:
@@ -66,43 +64,59 @@ def check_model_keys(model_cfg) -> None:
   try:
     ctor = spec.constructor()
   except (ImportError, AttributeError) as e:
-    raise ValueError(f"config.model.name='{model_cfg.name}': {spec.target} is not available ({e}).") from e
+    raise ValueError(f"config.model.name='{model_cfg.name}': {spec.target} is not available "
+                     f"({e}).") from e
   fields = constructor_fields(ctor)
   for key in model_cfg.keys():
     if key == "name":
       continue
     if key in spec.data_fields:
       raise ValueError(f"config.model.{key} is set from the data; remove it from the config.")
+    if key in ("dtype", "param_dtype"):
+      raise ValueError(f"config.model.{key}: set the compute dtype with config.dtype "
+                       "(parameters stay float32).")
     if key not in fields:
-      raise ValueError(f"config.model.{key}: unknown key for {spec.target}; it takes {sorted(fields)}.")
+      raise ValueError(f"config.model.{key}: unknown key for {spec.target}; it takes "
+                       f"{sorted(fields)}.")
 
 
-def build_model(model_cfg, info: dict[str, Any], dtype: Any = jnp.float32) -> tuple[nn.Module, str]:
-  """Instantiates `config.model` with the data-dependent fields filled in -> (module, family)."""
+def build_model(model_cfg, info: dict[str, Any],
+                dtype: Any = jnp.float32) -> tuple[nn.Module, Task]:
+  """Instantiates `config.model` with the data-dependent fields filled in -> (module, task).
+
+  `dtype` is the compute dtype; a model that cannot compute in it is an error naming
+  `config.dtype`, never a silent float32 run.
+  """
   spec = spec_of(model_cfg.name)
   ctor = spec.constructor()
-  kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in model_cfg.items() if k != "name"}
+  kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in model_cfg.items()
+            if k != "name"}
   kwargs.update({arg: info[key] for arg, key in spec.data_fields.items()})
-  if "dtype" in constructor_fields(ctor) and dtype != jnp.float32:
+  if jnp.dtype(dtype) != jnp.float32:
+    if "dtype" not in constructor_fields(ctor):
+      raise ValueError(f"config.dtype={jnp.dtype(dtype).name!r}: model '{model_cfg.name}' "
+                       f"({spec.target}) has no compute dtype; use config.dtype='float32'.")
     kwargs["dtype"] = dtype   # compute dtype; params stay float32 (param_dtype)
-  return ctor(**kwargs), spec.family
+  return ctor(**kwargs), spec.task
 
 
 class MLPClassifier(nn.Module):
-  """A small MLP baseline: images [b, h, w, c] -> logits [b, num_classes].
+  """A small MLP baseline: images [b, h, w, c] -> logits [b, num_classes] (float32).
 
-  Attributes: num_classes; hidden (widths of the hidden layers); dropout; dtype
-  (compute dtype, params float32).
+  Attributes: num_classes; widths (of the hidden layers); dropout_rate; dtype (compute
+  dtype); param_dtype.
   """
   num_classes: int
-  hidden: tuple[int, ...] = (128,)
-  dropout: float = 0.0
-  dtype: Any = jnp.float32
+  widths: tuple[int, ...] = (128,)
+  dropout_rate: float = 0.0
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-    x = images.reshape(images.shape[0], -1).astype(self.dtype)
-    for width in self.hidden:
-      x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
-      x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = images.reshape(images.shape[0], -1)
+    for width in self.widths:
+      x = nn.relu(nn.Dense(width, **kw)(x))
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, **kw)(x).astype(jnp.float32)

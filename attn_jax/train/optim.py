@@ -2,7 +2,9 @@
 
 Linear warmup, then cosine or linear decay to `end_lr_factor * learning_rate`;
 global-norm clipping; AdamW weight decay masked off biases, norms and
-position/class embeddings; gradient accumulation with `optax.MultiSteps`.
+position/class embeddings; gradient accumulation with `optax.MultiSteps`. With
+`skip_nonfinite=n > 0` an update whose gradients hold NaN/Inf is skipped
+(`optax.apply_if_finite`; the training loop stops after n in a row).
 """
 from __future__ import annotations
 
@@ -59,4 +61,7 @@ def make_optimizer(cfg, num_steps: int) -> tuple[optax.GradientTransformation, o
     opt = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask), opt)
   if cfg.grad_accum_steps > 1:
     opt = optax.MultiSteps(opt, every_k_schedule=cfg.grad_accum_steps)
+  skip = cfg.get("skip_nonfinite", 0)
+  if skip > 0:   # the loop stops after `skip` in a row, before apply_if_finite gives up
+    opt = optax.apply_if_finite(opt, max_consecutive_errors=skip + 2)
   return opt, schedule

@@ -3,8 +3,11 @@
 `jit` (default): a 1-D mesh `('data',)` over every device of every process
 (`jax.make_mesh`); batches are global arrays sharded on `data` with `NamedSharding`,
 the state is replicated, and one `jax.jit` step serves 1 device, many devices and
-many hosts. `pmap`: the same step with explicit `psum`s, for compatibility.
-Each process passes only its own rows of the global batch.
+many hosts. The state is born on the mesh: its shapes come from `jax.eval_shape`, it is
+created by `jax.jit(init, out_shardings=...)` and restored from Orbax straight into those
+shardings, so it never passes through the host. `pmap`: the same step with explicit
+`psum`s, for compatibility (its state goes through the host). Each process passes only
+its own rows of the global batch.
 """
 from __future__ import annotations
 
@@ -60,6 +63,29 @@ class JitStrategy:
     self.replicated = NamedSharding(self.mesh, P())
     self.sharded = NamedSharding(self.mesh, P("data"))
 
+  def state_shardings(self, abstract: Any) -> Any:
+    """The sharding of every leaf of the train state (data parallel: replicated)."""
+    return jax.tree.map(lambda _: self.replicated, abstract)
+
+  def init_state(self, init_fn: Callable[[], Any]) -> Any:
+    """`init_fn()` run as one program whose outputs are created on the mesh."""
+    abstract = jax.eval_shape(init_fn)
+    return jax.jit(init_fn, out_shardings=self.state_shardings(abstract))()
+
+  def abstract_state(self, init_fn: Callable[[], Any]) -> Any:
+    """ShapeDtypeStructs (with their target shardings) of the state: the restore target."""
+    abstract = jax.eval_shape(init_fn)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, self.state_shardings(abstract))
+
+  def checkpoint_state(self, state: Any) -> Any:
+    """What a checkpoint saves: the global arrays themselves (each process writes its part)."""
+    return state
+
+  def from_checkpoint(self, restored: Any) -> Any:
+    """A state restored into `abstract_state`'s shardings is ready to use."""
+    return restored
+
   def put_state(self, host_state: Any) -> Any:
     """Host pytree (same on every process) -> replicated global arrays."""
     return jax.tree.map(
@@ -92,6 +118,19 @@ class PmapStrategy:
 
   def __init__(self):
     self.n = jax.local_device_count()
+
+  def init_state(self, init_fn: Callable[[], Any]) -> Any:
+    return self.put_state(jax.device_get(jax.jit(init_fn)()))
+
+  def abstract_state(self, init_fn: Callable[[], Any]) -> Any:
+    """Host zeros shaped like the state: pmap restores to the host, then replicates."""
+    return jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), jax.eval_shape(init_fn))
+
+  def checkpoint_state(self, state: Any) -> Any:
+    return self.host_state(state)
+
+  def from_checkpoint(self, restored: Any) -> Any:
+    return self.put_state(restored)
 
   def put_state(self, host_state: Any) -> Any:
     # A leading axis of one copy per local device; pmap shards it on the first call.

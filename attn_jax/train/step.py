@@ -4,6 +4,7 @@ The steps work on one shard of the global batch and return *sums* (loss, correct
 weight); with `axis_name` (pmap) the sums and gradients are `psum`-ed over devices,
 and the loss is divided by the global weight, so pmap and jit (where the shard is
 the whole global array and XLA inserts the collectives) compute the same numbers.
+What a batch means (inputs, loss, metrics) is the `Task`'s business.
 """
 from __future__ import annotations
 
@@ -15,9 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from attn_jax import losses
-
-Batch = dict[str, jax.Array]
+from attn_jax.train.tasks import Batch, Task
 
 
 @flax.struct.dataclass
@@ -31,23 +30,31 @@ class TrainState:
   rng: jax.Array
 
 
-def init_state(model: nn.Module, family: str, tx: optax.GradientTransformation, batch: Batch,
-               seed: int) -> TrainState:
-  """Initialises the model on (the shapes of) one batch and the optimizer."""
-  init_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
-  args = _inputs(family, jax.tree.map(lambda x: x[:1], batch))
-  kwargs = {"train": False} if family == "classification" else {"deterministic": True}
+def make_init_fn(model: nn.Module, task: Task, tx: optax.GradientTransformation,
+                 batch: Batch, seed: int) -> Callable[[], TrainState]:
+  """A pure `() -> TrainState` that initialises the model on (the shapes of) one example of
+  `batch` and the optimizer. `jax.eval_shape` of it gives the state's shapes; jitting it
+  with `out_shardings` creates the state directly on the devices."""
+  sample = jax.tree.map(lambda x: jnp.zeros((1,) + x.shape[1:], x.dtype), batch)
+  sample = {k: v for k, v in sample.items() if k != "mask"}
 
-  @jax.jit   # one compiled program instead of hundreds of eager initialiser ops
-  def init(r):
-    variables = dict(model.init({"params": r, "dropout": r}, *args, **kwargs))
+  def init() -> TrainState:
+    init_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
+    variables = dict(model.init({"params": init_rng, "dropout": init_rng},
+                                *task.inputs(sample), train=False))
     params = variables.pop("params")
     variables.pop("intermediates", None)
-    return params, tx.init(params), variables
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      model_state=variables, rng=rng)
 
-  params, opt_state, model_state = init(init_rng)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                    model_state=model_state, rng=rng)
+  return init
+
+
+def init_state(model: nn.Module, task: Task, tx: optax.GradientTransformation, batch: Batch,
+               seed: int) -> TrainState:
+  """The train state on the default device (one compiled program, not hundreds of eager
+  initialiser ops). The runner creates it on the mesh instead (`parallel`)."""
+  return jax.jit(make_init_fn(model, task, tx, batch, seed))()
 
 
 def count_params(params) -> int:
@@ -55,50 +62,16 @@ def count_params(params) -> int:
   return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
 
 
-def _inputs(family: str, batch: Batch) -> tuple:
-  if family == "classification":
-    return (batch["image"],)
-  return (batch["src"], batch["tgt_in"])
-
-
-def forward(model: nn.Module, family: str, params, model_state, batch: Batch, rng, train: bool):
+def forward(model: nn.Module, task: Task, params, model_state, batch: Batch, rng, train: bool):
   """Logits and the updated model state (batch stats when training)."""
   variables = {"params": params, **model_state}
   rngs = {"dropout": rng} if train else {}
   mutable = list(model_state.keys()) if train and model_state else False
-  if family == "classification":
-    out = model.apply(variables, batch["image"], train=train, rngs=rngs, mutable=mutable)
-  else:
-    out = model.apply(variables, batch["src"], batch["tgt_in"], deterministic=not train, rngs=rngs,
-                      mutable=mutable)
+  out = task.apply(model, variables, batch, train=train, rngs=rngs, mutable=mutable)
   if mutable:
     logits, new_state = out
     return logits, {**model_state, **new_state}
   return out, model_state
-
-
-def metric_sums(family: str, logits: jax.Array, batch: Batch, label_smoothing: float) -> dict:
-  """Sums over this shard: loss_sum, correct, weight (tokens or examples), examples, exact."""
-  mask = batch.get("mask")
-  if family == "classification":
-    labels = batch["label"]
-    w = jnp.ones(labels.shape, jnp.float32) if mask is None else mask
-    n = w.sum()
-    sums = {"loss_sum": losses.cross_entropy(logits, labels, label_smoothing, weights=w) * n,
-            "correct": losses.accuracy(logits, labels, weights=w) * n, "weight": n, "examples": n}
-    return sums
-  targets = batch["tgt_out"]
-  ex_w = jnp.ones(targets.shape[:1], jnp.float32) if mask is None else mask
-  w = (targets != 0).astype(jnp.float32) * ex_w[:, None]
-  n = w.sum()
-  exact = losses.sequence_exact_match(jnp.argmax(logits, -1), targets, per_example=True)
-  loss_sum = losses.cross_entropy(logits, targets, label_smoothing, weights=w) * n
-  # nll_sum: unsmoothed cross-entropy, for perplexity; a second pass only if the loss is smoothed.
-  nll_sum = (losses.cross_entropy(logits, targets, 0.0, weights=w) * n if label_smoothing
-             else loss_sum)
-  return {"loss_sum": loss_sum, "nll_sum": nll_sum,
-          "correct": losses.accuracy(logits, targets, weights=w) * n, "weight": n,
-          "examples": ex_w.sum(), "exact": (exact.astype(jnp.float32) * ex_w).sum()}
 
 
 def _psum(tree, axis_name):
@@ -117,7 +90,7 @@ def summarize(sums: dict, prefix: str = "") -> dict:
   return out
 
 
-def make_train_step(model: nn.Module, family: str, tx: optax.GradientTransformation,
+def make_train_step(model: nn.Module, task: Task, tx: optax.GradientTransformation,
                     schedule: Callable, label_smoothing: float, accum: int = 1,
                     axis_name: str | None = None):
   """Returns `train_step(state, batch) -> (state, metrics)` (metrics: scalars)."""
@@ -128,8 +101,8 @@ def make_train_step(model: nn.Module, family: str, tx: optax.GradientTransformat
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
     def loss_fn(params):
-      logits, new_ms = forward(model, family, params, state.model_state, batch, rng, train=True)
-      sums = metric_sums(family, logits, batch, label_smoothing)
+      logits, new_ms = forward(model, task, params, state.model_state, batch, rng, train=True)
+      sums = task.metric_sums(logits, batch, label_smoothing)
       total = jax.lax.stop_gradient(_psum(sums["weight"], axis_name))
       return sums["loss_sum"] / jnp.maximum(total, 1e-8), (sums, new_ms)
 
@@ -149,12 +122,12 @@ def make_train_step(model: nn.Module, family: str, tx: optax.GradientTransformat
   return train_step
 
 
-def make_eval_step(model: nn.Module, family: str, label_smoothing: float,
+def make_eval_step(model: nn.Module, task: Task, label_smoothing: float,
                    axis_name: str | None = None):
   """Returns `eval_step(state, batch) -> sums` (masked; add them over batches)."""
 
   def eval_step(state: TrainState, batch: Batch):
-    logits, _ = forward(model, family, state.params, state.model_state, batch, None, train=False)
-    return _psum(metric_sums(family, logits, batch, label_smoothing), axis_name)
+    logits, _ = forward(model, task, state.params, state.model_state, batch, None, train=False)
+    return _psum(task.metric_sums(logits, batch, label_smoothing), axis_name)
 
   return eval_step

@@ -25,6 +25,10 @@ def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
   return t if t % 2 else t + 1
 
 
+def _kw(module: nn.Module) -> dict:
+  return dict(dtype=module.dtype, param_dtype=module.param_dtype)
+
+
 def _check(fn: str, x) -> None:
   C.check_rank(fn, "x", x, "[batch, height, width, channels]", rank=4)
 
@@ -37,15 +41,16 @@ class SqueezeExcitation(nn.Module):
   reduction: int = 16
   min_hidden: int = 4
   dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     _check("SqueezeExcitation", x)
     c = x.shape[-1]
     s = x.mean(axis=(1, 2), keepdims=True)                     # squeeze: [b, 1, 1, C]
-    s = nn.relu(nn.Dense(max(c // self.reduction, self.min_hidden), dtype=self.dtype,
-                         name="reduce")(s))
-    gate = nn.sigmoid(nn.Dense(c, dtype=self.dtype, name="expand")(s))
+    s = nn.relu(nn.Dense(max(c // self.reduction, self.min_hidden), name="reduce",
+                         **_kw(self))(s))
+    gate = nn.sigmoid(nn.Dense(c, name="expand", **_kw(self))(s))
     self.sow("intermediates", "gate", gate)
     return x * gate
 
@@ -58,6 +63,7 @@ class ECA(nn.Module):
   """
   kernel_size: int | None = None
   dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -65,7 +71,7 @@ class ECA(nn.Module):
     c = x.shape[-1]
     k = self.kernel_size or eca_kernel_size(c)
     s = x.mean(axis=(1, 2))[:, :, None]                        # [b, C, 1]: channels as a sequence
-    s = nn.Conv(1, (k,), padding="SAME", use_bias=False, dtype=self.dtype, name="conv")(s)
+    s = nn.Conv(1, (k,), padding="SAME", use_bias=False, name="conv", **_kw(self))(s)
     gate = nn.sigmoid(s[:, :, 0])[:, None, None, :]
     self.sow("intermediates", "gate", gate)
     return x * gate
@@ -83,13 +89,14 @@ class CBAM(nn.Module):
   min_hidden: int = 4
   spatial_kernel: int = 7
   dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     _check("CBAM", x)
     c = x.shape[-1]
-    mlp = nn.Sequential([nn.Dense(max(c // self.reduction, self.min_hidden), dtype=self.dtype),
-                         nn.relu, nn.Dense(c, dtype=self.dtype)], name="mlp")
+    mlp = nn.Sequential([nn.Dense(max(c // self.reduction, self.min_hidden), **_kw(self)),
+                         nn.relu, nn.Dense(c, **_kw(self))], name="mlp")
     avg = x.mean(axis=(1, 2), keepdims=True)
     mx = x.max(axis=(1, 2), keepdims=True)
     cg = nn.sigmoid(mlp(avg) + mlp(mx))
@@ -97,7 +104,7 @@ class CBAM(nn.Module):
     x = x * cg
     maps = jnp.concatenate([x.mean(axis=-1, keepdims=True), x.max(axis=-1, keepdims=True)], -1)
     k = self.spatial_kernel
-    sg = nn.sigmoid(nn.Conv(1, (k, k), padding="SAME", dtype=self.dtype, name="spatial")(maps))
+    sg = nn.sigmoid(nn.Conv(1, (k, k), padding="SAME", name="spatial", **_kw(self))(maps))
     self.sow("intermediates", "spatial_gate", sg)
     return x * sg
 
@@ -105,14 +112,15 @@ class CBAM(nn.Module):
 ATTENTION_KINDS = ("none", "se", "eca", "cbam")
 
 
-def channel_attention(kind: str, reduction: int = 16, dtype: Any = None) -> nn.Module | None:
+def channel_attention(kind: str, reduction: int = 16, dtype: Any = None,
+                      param_dtype: Any = jnp.float32) -> nn.Module | None:
   """Builds the attention module for a config value: 'none' (None), 'se', 'eca' or 'cbam'."""
   if kind == "none":
     return None
   if kind == "se":
-    return SqueezeExcitation(reduction, dtype=dtype)
+    return SqueezeExcitation(reduction, dtype=dtype, param_dtype=param_dtype)
   if kind == "eca":
-    return ECA(dtype=dtype)
+    return ECA(dtype=dtype, param_dtype=param_dtype)
   if kind == "cbam":
-    return CBAM(reduction, dtype=dtype)
+    return CBAM(reduction, dtype=dtype, param_dtype=param_dtype)
   raise ValueError(f"channel_attention(): kind must be one of {ATTENTION_KINDS}, got {kind!r}.")

@@ -1,53 +1,27 @@
-"""Pieces shared by the vision transformers: the MLP block and stochastic depth."""
+"""Stochastic depth, shared by the vision transformers."""
 from __future__ import annotations
-
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 
-def drop_path(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+def drop_path(x: jax.Array, rate: float | jax.Array, rng: jax.Array | None) -> jax.Array:
   """Stochastic depth: zero a whole residual branch per example with probability `rate`.
 
-  x: [batch, ...] branch output; survivors are rescaled by 1/(1-rate). `rate == 0`
-  returns x unchanged.
+  x: [batch, ...] branch output; survivors are rescaled by 1/(1-rate). A Python `rate`
+  of 0 returns x unchanged; `rate` may also be a traced scalar (a scanned layer's rate).
   """
-  if rate == 0.0:
+  if isinstance(rate, (int, float)) and rate == 0.0:
     return x
   keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
-  return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
+  scale = jnp.asarray(1.0 / (1.0 - rate), x.dtype)
+  return jnp.where(keep, x * scale, jnp.zeros((), x.dtype))
 
 
-class DropPath(nn.Module):
-  """Stochastic depth on a residual branch; uses the 'dropout' RNG when not deterministic."""
-  rate: float = 0.0
-
-  @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-    if deterministic or self.rate == 0.0:
-      return x
-    return drop_path(x, self.rate, self.make_rng("dropout"))
-
-
-class MlpBlock(nn.Module):
-  """Transformer MLP: Dense(hidden) -> GELU -> dropout -> Dense(d) -> dropout.
-
-  x: [..., d] -> [..., d] (or [..., out_dim] when given).
-  """
-  hidden: int
-  out_dim: int | None = None
-  dropout: float = 0.0
-  dtype: Any = None
-
-  @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-    init = nn.initializers.xavier_uniform()
-    bias_init = nn.initializers.normal(1e-6)
-    y = nn.Dense(self.hidden, kernel_init=init, bias_init=bias_init, dtype=self.dtype)(x)
-    y = nn.gelu(y, approximate=False)
-    y = nn.Dropout(self.dropout)(y, deterministic=deterministic)
-    y = nn.Dense(self.out_dim or x.shape[-1], kernel_init=init, bias_init=bias_init,
-                 dtype=self.dtype)(y)
-    return nn.Dropout(self.dropout)(y, deterministic=deterministic)
+def drop_branch(module: nn.Module, y: jax.Array, rate: float | jax.Array,
+                train: bool) -> jax.Array:
+  """`drop_path` of a residual branch inside `module` (its 'dropout' RNG) when training."""
+  if not train or (isinstance(rate, (int, float)) and rate == 0.0):
+    return y
+  return drop_path(y, rate, module.make_rng("dropout"))

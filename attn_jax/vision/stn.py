@@ -6,7 +6,7 @@ input bilinearly. At initialisation the layer returns its input exactly.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -22,33 +22,38 @@ class SpatialTransformer(nn.Module):
   """Learned affine warp of the input.
 
   Attributes:
-    features: channels of the localisation convs (3x3 conv, ReLU, 2x2 max-pool each).
-    hidden: width of the localisation MLP.
+    widths: channels of the localisation convs (3x3 conv, ReLU, 2x2 max-pool each).
+    mlp_dim: hidden width of the localisation MLP.
     out_size: (height, width) of the output; default the input size.
+    dtype: compute dtype of the localisation net (the sampling runs in float32).
 
   Call: `images: [batch, height, width, channels]` -> `[batch, out_h, out_w, channels]`.
   The predicted `theta` [batch, 2, 3] is sown in 'intermediates'.
   """
-  features: Sequence[int] = (8, 16)
-  hidden: int = 32
+  widths: Sequence[int] = (8, 16)
+  mlp_dim: int = 32
   out_size: tuple[int, int] | None = None
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
     C.check_rank("SpatialTransformer", "images", images, "[batch, height, width, channels]", rank=4)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = images
-    for i, f in enumerate(self.features):
-      x = nn.relu(nn.Conv(f, (3, 3), padding=1, name=f"loc_conv{i}")(x))
+    for i, f in enumerate(self.widths):
+      x = nn.relu(nn.Conv(f, (3, 3), padding=1, name=f"loc_conv{i}", **kw)(x))
       if min(x.shape[1:3]) >= 2:
         x = nn.max_pool(x, (2, 2), (2, 2))
-    x = nn.relu(nn.Dense(self.hidden, name="loc_fc")(x.reshape(x.shape[0], -1)))
+    x = nn.relu(nn.Dense(self.mlp_dim, name="loc_fc", **kw)(x.reshape(x.shape[0], -1)))
     # zero weights + identity bias: the warp starts as the identity (as in the paper)
     theta = nn.Dense(6, kernel_init=nn.initializers.zeros_init(),
                      bias_init=lambda *_: jnp.asarray(_IDENTITY, jnp.float32),
-                     name="loc_theta")(x).reshape(-1, 2, 3)
+                     param_dtype=self.param_dtype, name="loc_theta")(x).reshape(-1, 2, 3)
+    theta = theta.astype(jnp.float32)   # the warp is computed in float32
     self.sow("intermediates", "theta", theta)
     size = self.out_size or images.shape[1:3]
-    return F.grid_sample(images, F.affine_grid(theta, size))
+    return F.grid_sample(images, F.affine_grid(theta, size)).astype(images.dtype)
 
 
 class STN(nn.Module):
@@ -56,25 +61,28 @@ class STN(nn.Module):
 
   Attributes:
     classifier: a module called as `classifier(images, train=train)` (ViT, Swin, ResNet, ...).
-    features, hidden, out_size: as in SpatialTransformer.
+    widths, mlp_dim, out_size, dtype, param_dtype: as in SpatialTransformer.
 
   Call: `images: [batch, height, width, channels]` -> the classifier's logits.
   """
   classifier: nn.Module
-  features: Sequence[int] = (8, 16)
-  hidden: int = 32
+  widths: Sequence[int] = (8, 16)
+  mlp_dim: int = 32
   out_size: tuple[int, int] | None = None
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-    x = SpatialTransformer(self.features, self.hidden, self.out_size, name="stn")(images)
+    x = SpatialTransformer(self.widths, self.mlp_dim, self.out_size, self.dtype,
+                           self.param_dtype, name="stn")(images)
     return self.classifier(x, train=train)
 
 
-def stn_cnn(num_classes: int, features: Sequence[int] = (32, 64), hidden: int = 128,
-            dropout: float = 0.0, stn_features: Sequence[int] = (8, 16), stn_hidden: int = 32,
-            dtype=jnp.float32) -> STN:
+def stn_cnn(num_classes: int, widths: Sequence[int] = (32, 64), mlp_dim: int = 128,
+            dropout_rate: float = 0.0, stn_widths: Sequence[int] = (8, 16),
+            stn_mlp_dim: int = 32, dtype: Any = None, param_dtype: Any = jnp.float32) -> STN:
   """`STN(classifier=ConvNet(...))`: the registry's 'stn_cnn' (same classifier as 'cnn')."""
   from attn_jax.vision.cnn import ConvNet
-  return STN(ConvNet(num_classes, tuple(features), hidden, dropout, dtype),
-             tuple(stn_features), stn_hidden)
+  return STN(ConvNet(num_classes, tuple(widths), mlp_dim, dropout_rate, dtype, param_dtype),
+             tuple(stn_widths), stn_mlp_dim, dtype=dtype, param_dtype=param_dtype)

@@ -16,10 +16,10 @@ import jax.numpy as jnp
 
 from attn_jax import functional as F
 from attn_jax.functional import _checks as C
-from attn_jax.layers import MultiHeadAttention
-from attn_jax.vision.common import DropPath, MlpBlock
+from attn_jax.layers import MlpBlock, MultiHeadAttention, run_stack
+from attn_jax.vision.common import drop_branch
 
-# name -> (embed_dim, depths, num_heads), from the paper (patch 4, window 7 at 224x224)
+# name -> (width, depth per stage, heads per stage), from the paper (patch 4, window 7 at 224)
 SWIN_SIZES = {
     "T": (96, (2, 2, 6, 2), (3, 6, 12, 24)),
     "S": (96, (2, 2, 18, 2), (3, 6, 12, 24)),
@@ -46,19 +46,21 @@ class WindowAttention(nn.Module):
   """
   num_heads: int
   window: int
-  attention_dropout: float = 0.0
-  sow_weights: bool = False
+  attention_dropout_rate: float = 0.0
+  sow_weights: bool = True
   dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
+               train: bool = False) -> jax.Array:
     table = self.param("relative_position_bias_table", nn.initializers.truncated_normal(0.02),
-                       ((2 * self.window - 1) ** 2, self.num_heads))
+                       ((2 * self.window - 1) ** 2, self.num_heads), self.param_dtype)
     bias = F.relative_position_bias(table, self.window)      # [heads, M*M, M*M]
-    return MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout,
-                              sow_weights=self.sow_weights, dtype=self.dtype, name="attn")(
-                                  x, mask=mask, bias=bias, deterministic=deterministic)
+    return MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout_rate,
+                              sow_weights=self.sow_weights, dtype=self.dtype,
+                              param_dtype=self.param_dtype, name="attn")(
+                                  x, mask=mask, bias=bias, deterministic=not train)
 
 
 class SwinBlock(nn.Module):
@@ -71,18 +73,20 @@ class SwinBlock(nn.Module):
   window: int
   shift: int = 0
   mlp_ratio: float = 4.0
-  dropout: float = 0.0
-  attention_dropout: float = 0.0
-  drop_path: float = 0.0
-  sow_weights: bool = False
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  sow_weights: bool = True
   dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False,
+               drop_path_rate: float | jax.Array = 0.0) -> jax.Array:
     C.check_rank("SwinBlock", "x", x, "[batch, height, width, dim]", rank=4)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     _, h, w, d = x.shape
     m, s = effective_window(h, w, self.window, self.shift)
-    y = F.pad_to_window(nn.LayerNorm(dtype=self.dtype, name="norm1")(x), m)
+    y = F.pad_to_window(nn.LayerNorm(name="norm1", **kw)(x), m)
     hp, wp = y.shape[1:3]
     mask = None
     if s > 0:
@@ -93,16 +97,40 @@ class SwinBlock(nn.Module):
     if mask is not None:
       mask = mask[:, None]                                       # [nW, 1 (heads), q, k]
     y = F.window_partition(y, m)                                 # [b, nW, M*M, d]
-    y = WindowAttention(self.num_heads, m, self.attention_dropout, self.sow_weights, self.dtype,
-                        name="window_attention")(y, mask, deterministic)
+    y = WindowAttention(self.num_heads, m, self.attention_dropout_rate, self.sow_weights,
+                        name="window_attention", **kw)(y, mask, train)
     y = F.window_reverse(y, m, hp, wp)
     if s > 0:
       y = F.reverse_cyclic_shift(y, s)
-    y = nn.Dropout(self.dropout)(y[:, :h, :w], deterministic=deterministic)
-    x = x + DropPath(self.drop_path)(y, deterministic)
-    y = MlpBlock(int(d * self.mlp_ratio), dropout=self.dropout, dtype=self.dtype, name="mlp")(
-        nn.LayerNorm(dtype=self.dtype, name="norm2")(x), deterministic)
-    return x + DropPath(self.drop_path)(y, deterministic)
+    y = nn.Dropout(self.dropout_rate)(y[:, :h, :w], deterministic=not train)
+    x = x + drop_branch(self, y, drop_path_rate, train)
+    y = MlpBlock(int(d * self.mlp_ratio), dropout_rate=self.dropout_rate, name="mlp", **kw)(
+        nn.LayerNorm(name="norm2", **kw)(x), train)
+    y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    return x + drop_branch(self, y, drop_path_rate, train)
+
+
+class SwinBlockPair(nn.Module):
+  """A W-MSA block then an SW-MSA block (shift M/2): the unit `scan_layers` scans over.
+
+  x: [batch, height, width, dim] -> same; `drop_path_rate`: the two blocks' rates [2].
+  """
+  num_heads: int
+  window: int
+  mlp_ratio: float = 4.0
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  sow_weights: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False, drop_path_rate=(0.0, 0.0)) -> jax.Array:
+    for j, shift in enumerate((0, self.window // 2)):
+      x = SwinBlock(self.num_heads, self.window, shift, self.mlp_ratio, self.dropout_rate,
+                    self.attention_dropout_rate, self.sow_weights, self.dtype, self.param_dtype,
+                    name=f"block{j}")(x, train, drop_path_rate[j])
+    return x
 
 
 class PatchMerging(nn.Module):
@@ -112,6 +140,7 @@ class PatchMerging(nn.Module):
   (odd sizes are zero-padded).
   """
   dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -119,8 +148,9 @@ class PatchMerging(nn.Module):
     x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
     x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2],
                          x[:, 1::2, 1::2]], axis=-1)
-    x = nn.LayerNorm(dtype=self.dtype, name="norm")(x)
-    return nn.Dense(2 * c, use_bias=False, dtype=self.dtype, name="reduction")(x)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = nn.LayerNorm(name="norm", **kw)(x)
+    return nn.Dense(2 * c, use_bias=False, name="reduction", **kw)(x)
 
 
 class SwinTransformer(nn.Module):
@@ -130,58 +160,79 @@ class SwinTransformer(nn.Module):
     num_classes: classifier outputs.
     patch_size: patch side in pixels (4 for ImageNet, 2 for 28x28 / 32x32 inputs).
     window_size: window side M in patches.
-    embed_dim: width C of stage 1 (doubled by each patch merging).
-    depths: blocks per stage (even and odd blocks alternate W-MSA and SW-MSA).
+    width: channels C of stage 1 (doubled by each patch merging).
+    depth: blocks per stage (even and odd blocks alternate W-MSA and SW-MSA).
     num_heads: heads per stage.
-    mlp_ratio: MLP width / block width.
+    mlp_ratio: MLP hidden width / block width (the widths differ per stage).
     drop_path_rate: stochastic depth, rising linearly over all blocks to this rate.
-    dropout, attention_dropout: dropout after layers / on the attention weights.
-    sow_weights: sow the window attention weights in 'intermediates'.
-    dtype: computation dtype (e.g. bfloat16); params stay float32, logits are float32.
+    dropout_rate, attention_dropout_rate: dropout after layers / on the attention weights.
+    sow_weights: with 'intermediates' mutable, sow the window attention weights there.
+    dtype: compute dtype (e.g. bfloat16); softmax statistics and logits stay float32.
+    param_dtype: parameter dtype (float32).
+    scan_layers: each stage runs its (W-MSA, SW-MSA) pairs as one `nn.scan` (every stage
+      depth must be even; parameters under `stage<i>_pair_scan/block{0,1}` with a leading
+      [depth / 2] axis instead of `stage<i>_block<j>`).
+    remat: rematerialisation policy per block (pair): 'none' | 'full' | 'dots'.
 
   Call: `images: [batch, height, width, channels]` (any size; padded to the patch
   and window sizes), `train` enables dropout / stochastic depth (the 'dropout' RNG)
-  -> logits `[batch, num_classes]`.
+  -> logits `[batch, num_classes]` float32.
   """
   num_classes: int
   patch_size: int = 4
   window_size: int = 7
-  embed_dim: int = 96
-  depths: Sequence[int] = (2, 2, 6, 2)
+  width: int = 96
+  depth: Sequence[int] = (2, 2, 6, 2)
   num_heads: Sequence[int] = (3, 6, 12, 24)
   mlp_ratio: float = 4.0
   drop_path_rate: float = 0.1
-  dropout: float = 0.0
-  attention_dropout: float = 0.0
-  sow_weights: bool = False
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  sow_weights: bool = True
   dtype: Any = None
+  param_dtype: Any = jnp.float32
+  scan_layers: bool = False
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
     C.check_rank("SwinTransformer", "images", images, "[batch, height, width, channels]", rank=4)
-    if len(self.depths) != len(self.num_heads):
-      raise ValueError(f"SwinTransformer: depths {tuple(self.depths)} and num_heads "
+    if len(self.depth) != len(self.num_heads):
+      raise ValueError(f"SwinTransformer: depth {tuple(self.depth)} and num_heads "
                        f"{tuple(self.num_heads)} must have the same length.")
+    if self.scan_layers and any(n % 2 for n in self.depth):
+      raise ValueError(f"SwinTransformer: scan_layers needs an even depth per stage, got "
+                       f"{tuple(self.depth)}.")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     p = self.patch_size
     x = F.pad_to_window(images, p)
-    x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                name="patch_embed")(x)
-    x = nn.LayerNorm(dtype=self.dtype, name="patch_norm")(x)
-    x = nn.Dropout(self.dropout)(x, deterministic=not train)
-    total = sum(self.depths)
-    k = 0
-    for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
-      for j in range(depth):
-        rate = self.drop_path_rate * k / max(total - 1, 1)
-        x = SwinBlock(heads, self.window_size, 0 if j % 2 == 0 else self.window_size // 2,
-                      self.mlp_ratio, self.dropout, self.attention_dropout, rate,
-                      self.sow_weights, self.dtype,
-                      name=f"stage{i}_block{j}")(x, deterministic=not train)
-        k += 1
-      if i < len(self.depths) - 1:
-        x = PatchMerging(self.dtype, name=f"merge{i}")(x)
-    x = nn.LayerNorm(dtype=self.dtype, name="norm")(x).mean(axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)
+    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", name="patch_embed", **kw)(x)
+    x = nn.LayerNorm(name="patch_norm", **kw)(x)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    total = sum(self.depth)
+    first = 0
+    for i, (depth, heads) in enumerate(zip(self.depth, self.num_heads)):
+      rates = [self.drop_path_rate * (first + j) / max(total - 1, 1) for j in range(depth)]
+      first += depth
+      common = dict(mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout_rate,
+                    attention_dropout_rate=self.attention_dropout_rate,
+                    sow_weights=self.sow_weights, **kw)
+      if self.scan_layers:   # one scan over the stage's (W-MSA, SW-MSA) pairs
+        make = lambda name, _, heads=heads: SwinBlockPair(heads, self.window_size, name=name,
+                                                          **common)
+        x = run_stack(make, x, depth=depth // 2, train=train, scan=True, remat=self.remat,
+                      per_layer={"drop_path_rate": list(zip(rates[::2], rates[1::2]))},
+                      name=f"stage{i}_pair")
+      else:
+        make = lambda name, j, heads=heads: SwinBlock(
+            heads, self.window_size, 0 if j % 2 == 0 else self.window_size // 2, name=name,
+            **common)
+        x = run_stack(make, x, depth=depth, train=train, remat=self.remat,
+                      per_layer={"drop_path_rate": rates}, name=f"stage{i}_block")
+      if i < len(self.depth) - 1:
+        x = PatchMerging(name=f"merge{i}", **kw)(x)
+    x = nn.LayerNorm(name="norm", **kw)(x).mean(axis=(1, 2))
+    return nn.Dense(self.num_classes, name="head", **kw)(x).astype(jnp.float32)
 
 
 def swin_variant(name: str, num_classes: int, **overrides) -> SwinTransformer:
@@ -195,7 +246,7 @@ def swin_variant(name: str, num_classes: int, **overrides) -> SwinTransformer:
     raise ValueError(f"swin_variant(): unknown variant {name!r}; expected 'Swin-T', "
                      f"'Swin-S/p2w4', ... with a size in {sorted(SWIN_SIZES)}.")
   dim, depths, heads = SWIN_SIZES[size]
-  kw = dict(embed_dim=dim, depths=depths, num_heads=heads)
+  kw = dict(width=dim, depth=depths, num_heads=heads)
   if pw:
     patch, _, window = pw.removeprefix("p").partition("w")
     if not (patch.isdigit() and window.isdigit()):

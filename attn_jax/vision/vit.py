@@ -2,7 +2,9 @@
 
 Patch embedding by a strided convolution, class token or global average pooling,
 learned or sin-cos 2-D position embeddings, pre-LN encoder blocks built on
-`attn_jax.layers.MultiHeadAttention`, final LayerNorm, linear head.
+`attn_jax.layers.MultiHeadAttention`, final LayerNorm, linear head. With
+`scan_layers` the blocks are one `nn.scan` (parameters under `block_scan` with a leading
+[depth] axis; `attn_jax.layers.stack_params` / `unstack_params` convert checkpoints).
 """
 from __future__ import annotations
 
@@ -15,10 +17,10 @@ import jax.numpy as jnp
 
 from attn_jax import functional as F
 from attn_jax.functional import _checks as C
-from attn_jax.layers import MultiHeadAttention
-from attn_jax.vision.common import DropPath, MlpBlock
+from attn_jax.layers import MlpBlock, MultiHeadAttention, run_stack
+from attn_jax.vision.common import drop_branch
 
-# name -> (hidden, depth, num_heads, mlp_dim), as in the ViT and DeiT papers
+# name -> (width, depth, num_heads, mlp_dim), as in the ViT and DeiT papers
 VIT_SIZES = {
     "Ti": (192, 12, 3, 768),
     "S": (384, 12, 6, 1536),
@@ -31,28 +33,32 @@ VIT_SIZES = {
 class EncoderBlock(nn.Module):
   """Pre-LN transformer block: x + MHA(LN(x)), then x + MLP(LN(x)).
 
-  x: [batch, tokens, hidden] -> same. Attention weights [batch, heads, tokens, tokens]
-  are sown in 'intermediates' when `sow_weights`.
+  x: [batch, tokens, width] -> same. With 'intermediates' mutable (and `sow_weights`) the
+  attention weights [batch, heads, tokens, tokens] are sown there; otherwise the attention
+  runs on `F.attention`'s fast path.
   """
   num_heads: int
   mlp_dim: int
-  dropout: float = 0.0
-  attention_dropout: float = 0.0
-  drop_path: float = 0.0
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
   sow_weights: bool = True
   dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-    y = nn.LayerNorm(dtype=self.dtype, name="norm1")(x)
-    y = MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout,
-                           sow_weights=self.sow_weights, dtype=self.dtype,
-                           name="attn")(y, deterministic=deterministic)
-    y = nn.Dropout(self.dropout)(y, deterministic=deterministic)
-    x = x + DropPath(self.drop_path)(y, deterministic)
-    y = nn.LayerNorm(dtype=self.dtype, name="norm2")(x)
-    y = MlpBlock(self.mlp_dim, dropout=self.dropout, dtype=self.dtype, name="mlp")(y, deterministic)
-    return x + DropPath(self.drop_path)(y, deterministic)
+  def __call__(self, x: jax.Array, train: bool = False,
+               drop_path_rate: float | jax.Array = 0.0) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    y = nn.LayerNorm(name="norm1", **kw)(x)
+    y = MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout_rate,
+                           sow_weights=self.sow_weights, name="attn", **kw)(
+                               y, deterministic=not train)
+    y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    x = x + drop_branch(self, y, drop_path_rate, train)
+    y = nn.LayerNorm(name="norm2", **kw)(x)
+    y = MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, name="mlp", **kw)(y, train)
+    y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    return x + drop_branch(self, y, drop_path_rate, train)
 
 
 class ViT(nn.Module):
@@ -61,36 +67,43 @@ class ViT(nn.Module):
   Attributes:
     num_classes: classifier outputs.
     patch_size: patch side p in pixels (the embedding is a p x p convolution with stride p).
-    hidden, depth, num_heads, mlp_dim: width, blocks, heads, MLP width.
+    width, depth, num_heads, mlp_dim: token width, blocks, heads, MLP hidden width.
     pool: 'cls' (class token) or 'gap' (mean over patch tokens).
     posemb: 'learned' (resampled bilinearly when the patch grid differs from the one
       the table was made for) or 'sincos2d' (fixed, computed for any grid).
-    dropout: dropout after the embedding, attention output and MLP layers.
-    attention_dropout: dropout on the attention weights.
+    dropout_rate: dropout after the embedding, attention output and MLP layers.
+    attention_dropout_rate: dropout on the attention weights (> 0 takes the reference
+      attention path: the fast kernels have no dropout).
     drop_path_rate: stochastic depth, rising linearly to this rate in the last block.
     posemb_grid: (rows, cols) grid of the learned table; default the grid of the
       input seen at `init`. At apply time a table whose grid is not given is taken
       to be square.
-    sow_weights: sow each block's attention weights in 'intermediates'.
-    dtype: computation dtype (e.g. bfloat16); params stay float32, logits are float32.
+    sow_weights: with 'intermediates' mutable, sow each block's attention weights there.
+    dtype: compute dtype (e.g. bfloat16); softmax statistics and logits stay float32.
+    param_dtype: parameter dtype (float32).
+    scan_layers: run the blocks as one `nn.scan` (see the module docstring).
+    remat: rematerialisation policy of each block: 'none' | 'full' | 'dots'.
 
   Call: `images: [batch, height, width, channels]` (height, width divisible by p),
-  `train` enables dropout (needs a 'dropout' RNG) -> logits `[batch, num_classes]`.
+  `train` enables dropout (needs a 'dropout' RNG) -> logits `[batch, num_classes]` float32.
   """
   num_classes: int
   patch_size: int = 16
-  hidden: int = 768
+  width: int = 768
   depth: int = 12
   num_heads: int = 12
   mlp_dim: int = 3072
   pool: str = "cls"
   posemb: str = "learned"
-  dropout: float = 0.0
-  attention_dropout: float = 0.0
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
   drop_path_rate: float = 0.0
   posemb_grid: tuple[int, int] | None = None
   sow_weights: bool = True
   dtype: Any = None
+  param_dtype: Any = jnp.float32
+  scan_layers: bool = False
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -102,25 +115,28 @@ class ViT(nn.Module):
     if self.pool not in ("cls", "gap") or self.posemb not in ("learned", "sincos2d"):
       raise ValueError(f"ViT: pool must be 'cls'|'gap' and posemb 'learned'|'sincos2d', got "
                        f"{self.pool!r}, {self.posemb!r}.")
-    x = nn.Conv(self.hidden, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                name="embedding")(images)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", name="embedding", **kw)(
+        images)
     b, gh, gw, d = x.shape
     x = x.reshape(b, gh * gw, d)
     n_extra = 1 if self.pool == "cls" else 0
     if self.pool == "cls":
-      cls = self.param("cls", nn.initializers.zeros_init(), (1, 1, d))
+      cls = self.param("cls", nn.initializers.zeros_init(), (1, 1, d), self.param_dtype)
       x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)).astype(x.dtype), x], axis=1)
     x = x + self._position_embeddings(gh, gw, d, n_extra).astype(x.dtype)
-    x = nn.Dropout(self.dropout)(x, deterministic=not train)
-    for i in range(self.depth):
-      rate = self.drop_path_rate * i / max(self.depth - 1, 1)
-      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout, self.attention_dropout,
-                       rate, self.sow_weights, self.dtype, name=f"block{i}")(
-                           x, deterministic=not train)
-    x = nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    rates = [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]
+    make = lambda name, _: EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
+                                        self.attention_dropout_rate, self.sow_weights,
+                                        name=name, **kw)
+    x = run_stack(make, x, depth=self.depth, train=train,
+                  per_layer={"drop_path_rate": rates} if self.drop_path_rate else None,
+                  scan=self.scan_layers, remat=self.remat, name="block")
+    x = nn.LayerNorm(name="encoder_norm", **kw)(x)
     x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
-    x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros_init(), dtype=self.dtype,
-                 name="head")(x)
+    x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros_init(), name="head",
+                 **kw)(x)
     return x.astype(jnp.float32)
 
   def _position_embeddings(self, gh: int, gw: int, d: int, n_extra: int) -> jax.Array:
@@ -135,7 +151,7 @@ class ViT(nn.Module):
       pe = self.get_variable("params", "pos_embedding")
     else:
       pe = self.param("pos_embedding", nn.initializers.normal(0.02),
-                      (1, n_extra + grid[0] * grid[1], d))
+                      (1, n_extra + grid[0] * grid[1], d), self.param_dtype)
     n_table = pe.shape[1] - n_extra
     if self.posemb_grid is None and n_table != gh * gw:
       side = math.isqrt(n_table)
@@ -155,15 +171,15 @@ def vit_variant(name: str, num_classes: int, image_size: int | tuple[int, int] |
     name: 'ViT-{Ti,S,B,L,H}/{patch}' (the 'ViT-' prefix is optional).
     num_classes: classifier outputs.
     image_size: training resolution; fixes `posemb_grid` for the learned table.
-    **overrides: any other ViT attribute (pool, posemb, dropout, ...).
+    **overrides: any other ViT attribute (pool, posemb, dropout_rate, ...).
   """
   size, _, patch = name.removeprefix("ViT-").partition("/")
   if size not in VIT_SIZES or not patch.isdigit():
     raise ValueError(f"vit_variant(): unknown variant {name!r}; expected e.g. 'ViT-S/16' with "
                      f"a size in {sorted(VIT_SIZES)}.")
-  hidden, depth, heads, mlp = VIT_SIZES[size]
+  width, depth, heads, mlp = VIT_SIZES[size]
   p = int(patch)
-  kw = dict(patch_size=p, hidden=hidden, depth=depth, num_heads=heads, mlp_dim=mlp)
+  kw = dict(patch_size=p, width=width, depth=depth, num_heads=heads, mlp_dim=mlp)
   if image_size is not None:
     hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     kw["posemb_grid"] = (hw[0] // p, hw[1] // p)

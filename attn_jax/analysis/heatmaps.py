@@ -13,20 +13,26 @@ from typing import Any
 import jax
 import numpy as np
 
+from attn_jax.tokens import EOS
+from attn_jax.train.tasks import Seq2SeqTask, Task
 
-def attention_maps(model, family: str, host_state, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
-  """Every sown attention array (first example, heads averaged) -> list of [q, k]."""
+
+def attention_maps(model, task: Task, host_state, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+  """Every sown attention array (first example, heads averaged) -> list of [q, k].
+
+  Asks for the maps by making 'intermediates' mutable (the training path never computes
+  them)."""
   variables = {"params": host_state.params, **host_state.model_state}
-  if family == "classification":
-    fn = lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"])
-    _, inter = jax.jit(fn)(variables, batch["image"][:1])
-  else:
-    fn = lambda v, s, t: model.apply(v, s, t, deterministic=True, mutable=["intermediates"])
-    _, inter = jax.jit(fn)(variables, batch["src"][:1], batch["tgt_in"][:1])
+  first = {k: v[:1] for k, v in batch.items() if k != "mask"}
+  fn = lambda v, b: task.apply(model, v, b, train=False, mutable=["intermediates"])
+  _, inter = jax.jit(fn)(variables, first)
   maps = []
-  for leaf in jax.tree.leaves(inter.get("intermediates", {})):
-    a = np.asarray(leaf, np.float32)
-    if a.ndim >= 3:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(inter.get("intermediates", {}))[0]:
+    arr = np.asarray(leaf, np.float32)
+    scanned = any(str(getattr(k, "key", "")).endswith("_scan") for k in path)
+    for a in (list(arr) if scanned else [arr]):   # scanned layers: a leading [depth] axis
+      if a.ndim < 3:
+        continue
       a = a[0]                         # first example
       while a.ndim > 2:
         a = a.mean(axis=0)             # average heads (and any extra axes)
@@ -34,16 +40,16 @@ def attention_maps(model, family: str, host_state, batch: dict[str, np.ndarray])
   return maps
 
 
-def save_heatmap(model, family: str, host_state, data, workdir: str) -> str | None:
+def save_heatmap(model, task: Task, host_state, data, workdir: str) -> str | None:
   """Draws the heatmap of the first eval example; returns the path (None if nothing was sown)."""
   # A bare Figure (no pyplot): works headless and leaves a notebook's backend alone.
   from matplotlib.figure import Figure
   batch = next(iter(data.eval_batches()))
-  maps = attention_maps(model, family, host_state, batch)
+  maps = attention_maps(model, task, host_state, batch)
   if not maps:
     return None
   xlabels = ylabels = None
-  if family == "seq2seq":
+  if isinstance(task, Seq2SeqTask):   # tokens on the axes
     src, tgt = batch["src"][0], batch["tgt_out"][0]
     s_len, t_len = int((src != 0).sum()), int((tgt != 0).sum())
     cross = [m for m in maps if m.shape == (batch["tgt_in"].shape[1], src.shape[0])]
@@ -71,7 +77,7 @@ def save_heatmap(model, family: str, host_state, data, workdir: str) -> str | No
 def token_text(tok: Any, i: int) -> str:
   """One id -> its text (char vocab, word list or sentencepiece)."""
   i = int(i)
-  if i == 2:
+  if i == EOS:
     return "</s>"
   itos = getattr(tok, "itos", None)
   if itos is not None:

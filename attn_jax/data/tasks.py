@@ -17,8 +17,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-PAD, BOS, EOS = 0, 1, 2
-SPECIALS = ("<pad>", "<bos>", "<eos>")
+from attn_jax.tokens import BOS, EOS, PAD
+
+SPECIALS = ("<pad>", "<bos>", "<eos>")   # CharVocab's display names of ids 0-2
 
 
 class CharVocab:

@@ -7,14 +7,18 @@ sacrebleu's corpus BLEU on detokenized text, and the exact-match rate.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
 import numpy as np
 
 from attn_jax.train import checkpoint as ckpt_lib
+from attn_jax.train import runconfig
+from attn_jax.train.errors import CheckpointError
 from attn_jax.train import loop
 from attn_jax.train import step as step_lib
+from attn_jax.train.tasks import Seq2SeqTask
 
 
 def corpus_bleu(hypotheses: list[str], references: list[str], lowercase: bool = False) -> float:
@@ -58,41 +62,44 @@ def decode_and_score(model, host_state, data, max_len: int | None = None,
 
 
 def restore(config, workdir: str, step: int | None = None,
-            best: bool = False) -> tuple[dict[str, Any], Any, int]:
+            best: bool = False) -> tuple[loop.Setup, Any, int]:
   """Builds `config` (`loop.setup`) and restores `workdir`'s checkpoint into it.
 
   Restores the latest checkpoint, `step`, or with `best` (and no `step`) the best one by
-  `config.best_metric`. Returns (the `loop.setup` dict: strategy, data, model, family, ...;
-  the restored TrainState as host arrays; the restored step).
+  `config.best_metric`. Returns (the `loop.Setup`: strategy, data, model, task, ...; the
+  restored TrainState on the devices (pmap: on the host); the restored step).
   """
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise CheckpointError(f"{ckpt_dir}: no such folder; is --workdir={workdir} a training run?")
+  runconfig.check(config, workdir, "evaluate")   # the model must be the one trained
   s = loop.setup(config, workdir)
   ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints, config.best_metric,
                                config.best_mode, async_save=False)
   try:
     if ckpt.latest_step() is None:
-      raise FileNotFoundError(f"{workdir}/checkpoints: no checkpoint to restore.")
+      raise CheckpointError(f"{ckpt_dir}: no checkpoint to restore.")
     if best and step is None:
       step = ckpt.best_step()
-    host_state, _, step = ckpt.restore(s["host_state"], step)
+    state, _, step = ckpt.restore(s.abstract_state(), step)
   finally:
     ckpt.close()
-  return s, host_state, step
+  return s, state, step
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None, decode: bool = True,
                         beam_size: int = 1, best: bool = False) -> dict[str, Any]:
   """Restores `workdir`'s checkpoint (latest, `step`, or with `best` the best by
   `config.best_metric`) and evaluates it on one process on `config.data.eval_split`."""
-  s, host_state, step = restore(config, workdir, step, best)
-  strategy = s["strategy"]
+  s, state, step = restore(config, workdir, step, best)
+  strategy = s.strategy
   eval_step = strategy.compile_eval(step_lib.make_eval_step(
-      s["model"], s["family"], config.label_smoothing,
-      "data" if strategy.name == "pmap" else None))
-  metrics = loop.evaluate(strategy, eval_step, strategy.put_state(host_state),
-                          s["data"].eval_batches())
+      s.model, s.task, config.label_smoothing, "data" if strategy.name == "pmap" else None))
+  metrics = loop.evaluate(strategy, eval_step, strategy.from_checkpoint(state),
+                          s.data.eval_batches())
   metrics["step"] = step
-  if decode and s["family"] == "seq2seq":
-    metrics.update(decode_and_score(s["model"], jax.device_get(host_state), s["data"],
+  if decode and isinstance(s.task, Seq2SeqTask):
+    metrics.update(decode_and_score(s.model, jax.device_get(state), s.data,
                                     beam_size=beam_size))
   metrics["split"] = config.data.eval_split
   return metrics
