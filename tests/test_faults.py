@@ -155,6 +155,7 @@ def corrupt(step_dir, how):
     shutil.rmtree(os.path.join(step_dir, "data"))
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax threads
 @pytest.mark.parametrize("how", ["truncated", "garbage_metadata", "missing_item"])
 def test_corrupt_latest_checkpoint_is_moved_aside_and_the_previous_restored(data, tmp_path, capfd,
                                                                            how):
@@ -276,6 +277,7 @@ def test_disk_full_stops_within_seconds_and_keeps_what_was_there(data, tmp_path,
   assert steps_on_disk(wd) == [5]
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_injected_write_error_names_the_path_and_cause(data, tmp_path, monkeypatch):
   import orbax.checkpoint as ocp
 

@@ -20,7 +20,6 @@ plain sum of log-probabilities. PAD (and BOS) are never generated.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any
 

@@ -276,14 +276,19 @@ def _preflight(directory: str, tree: Any) -> None:
 
 
 def _check_finite(tree: Any) -> None:
-  """A restored float leaf with NaN/Inf makes the checkpoint unreadable (random bytes)."""
+  """Raises CheckpointError naming the first float leaf holding NaN/Inf (one device sync
+  for all device arrays, which may be sharded over hosts)."""
   import jax.numpy as jnp
   import numpy as np
-  for path, x in jax.tree_util.tree_leaves_with_path(tree):
-    if isinstance(x, (np.ndarray, jax.Array)) and jnp.issubdtype(x.dtype, jnp.floating):
-      ok = np.isfinite(x).all() if isinstance(x, np.ndarray) else bool(jnp.isfinite(x).all())
-      if not ok:
-        raise CheckpointError(f"{jax.tree_util.keystr(path)} holds NaN/Inf")
+  leaves = [(p, x) for p, x in jax.tree_util.tree_leaves_with_path(tree)
+            if isinstance(x, (np.ndarray, jax.Array)) and jnp.issubdtype(x.dtype, jnp.floating)]
+  flags = [np.isfinite(x).all() if isinstance(x, np.ndarray) else jnp.isfinite(x).all()
+           for _, x in leaves]
+  flags = [bool(np.asarray(f.addressable_data(0)) if isinstance(f, jax.Array) else f)
+           for f in flags]
+  for (path, _), ok in zip(leaves, flags):
+    if not ok:
+      raise CheckpointError(f"{jax.tree_util.keystr(path)} holds NaN/Inf")
 
 
 class StopFlag:

@@ -23,6 +23,7 @@ EXIT_INTERRUPTED = 130
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
+  """The exceptions shown as one line: bad input, not a bug."""
   from attn_jax.data.images import DataError
   from attn_jax.functional import ShapeError
   from attn_jax.train.config import ConfigError
@@ -74,6 +75,7 @@ def check_overrides(config, argv: list[str], spec: str) -> None:
 
 
 def print_help(main_module, config, spec: str) -> None:
+  """The entry point's docstring and flags, then every config key with default and meaning."""
   from absl import flags
 
   from attn_jax.train.config import keys_help
@@ -126,6 +128,7 @@ def run(main: Callable[[list[str]], None], default_config: str,
 
 
 def one_line(e: BaseException) -> str:
+  """The message of `e` on one line (whitespace collapsed, at most 600 characters)."""
   text = " ".join(str(e).split())
   if isinstance(e, FileNotFoundError) and e.filename:
     text = f"{e.filename}: {e.strerror or 'not found'}"

@@ -81,7 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.strategy = "jit"            # jit | pmap
   c.heatmap = True              # seq2seq: save attention.png at the end
   c.progress = "auto"           # auto | on | off
-  c.progress_every_s = 60.0     # auto without a TTY: a progress line every this many seconds
+  c.progress_every_s = 60.0     # auto without a TTY: a progress line (at a log step) this often
   a = c.anchor = ml_collections.ConfigDict()   # the published result a results table compares to
   a.metric = ""                 # e.g. 'accuracy' (%), 'bleu_lower', 'error' (%)
   a.value = 0.0                 # the published value

@@ -14,6 +14,7 @@ import time
 
 
 def _alive(pid: int) -> bool:
+  """Whether process `pid` exists on this host."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -39,6 +40,7 @@ class WorkdirLock:
       return None
 
   def acquire(self) -> "WorkdirLock":
+    """Takes the lock or raises LockError naming the live holder (see the module doc)."""
     from attn_jax.train.errors import LockError
     if not self.enabled:
       return self
@@ -81,6 +83,7 @@ class WorkdirLock:
       pass
 
   def release(self) -> None:
+    """Removes the lock file if this process holds it."""
     if self.held:
       h = self._holder()
       if h is not None and h.get("pid") == os.getpid():

@@ -25,6 +25,7 @@ STRUCTURE_KEYS = ("data.source", "data.name", "data.path", "data.train_files", "
 
 
 def path_of(workdir: str) -> str:
+  """`<workdir>/config.json`."""
   return os.path.join(workdir, CONFIG_FILE)
 
 
@@ -68,6 +69,7 @@ def load(workdir: str) -> ml_collections.ConfigDict | None:
 
 
 def save(config, workdir: str) -> None:
+  """Writes `config` to `<workdir>/config.json` atomically."""
   os.makedirs(workdir, exist_ok=True)
   tmp = f"{path_of(workdir)}.tmp.{os.getpid()}"
   with open(tmp, "w") as f:
@@ -114,6 +116,7 @@ def override_keys(argv: Iterable[str], flag: str = "config") -> list[str]:
 
 
 def explicit_config_file(argv: Iterable[str], flag: str = "config") -> bool:
+  """Whether argv names a config file (`--config=<file>` or `--config <file>`)."""
   return any(a == f"--{flag}" or a.startswith(f"--{flag}=") for a in argv)
 
 

@@ -8,6 +8,7 @@ official code, so the counts match: Swin-T 28,288,354 and Swin-S 49,606,258 at
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -110,26 +111,19 @@ class SwinBlock(nn.Module):
     return x + drop_branch(self, y, drop_path_rate, train)
 
 
-class SwinBlockPair(nn.Module):
+class SwinBlockPair(SwinBlock):
   """A W-MSA block then an SW-MSA block (shift M/2): the unit `scan_layers` scans over.
 
-  x: [batch, height, width, dim] -> same; `drop_path_rate`: the two blocks' rates [2].
+  Same attributes as SwinBlock (its `shift` is ignored). x: [batch, height, width, dim] ->
+  same; `drop_path_rate`: the two blocks' rates [2].
   """
-  num_heads: int
-  window: int
-  mlp_ratio: float = 4.0
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  sow_weights: bool = True
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, drop_path_rate=(0.0, 0.0)) -> jax.Array:
+    attrs = {f.name: getattr(self, f.name) for f in dataclasses.fields(SwinBlock)
+             if f.init and f.name not in ("parent", "name", "shift")}
     for j, shift in enumerate((0, self.window // 2)):
-      x = SwinBlock(self.num_heads, self.window, shift, self.mlp_ratio, self.dropout_rate,
-                    self.attention_dropout_rate, self.sow_weights, self.dtype, self.param_dtype,
-                    name=f"block{j}")(x, train, drop_path_rate[j])
+      x = SwinBlock(**attrs, shift=shift, name=f"block{j}")(x, train, drop_path_rate[j])
     return x
 
 
