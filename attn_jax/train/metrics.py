@@ -45,11 +45,6 @@ class MetricWriter:
       self._tb.close()
 
 
-def read_jsonl(path: str) -> list[dict[str, float]]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def truncate_jsonl(path: str, step: int) -> int:
   """Drops the lines of `path` logged after `step` (a resumed run logs them again), and a
   torn last line; rewrites atomically. Returns the number of lines dropped."""
