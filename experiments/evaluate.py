@@ -1,4 +1,4 @@
-"""Evaluate a trained checkpoint.
+r"""Evaluate a trained checkpoint.
 
     python -m experiments.evaluate --config configs/dates_seq2seq.py --workdir runs/default
 

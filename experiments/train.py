@@ -1,4 +1,4 @@
-"""Train any experiment of `configs/`.
+r"""Train any experiment of `configs/`.
 
     python -m experiments.train                               # offline default (dates)
     python -m experiments.train --config configs/mnist_vit.py --workdir runs/mnist \

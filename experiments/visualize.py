@@ -1,4 +1,4 @@
-"""Attention pictures of a trained run -> one PNG (default `<workdir>/<what>.png`).
+r"""Attention pictures of a trained run -> one PNG (default `<workdir>/<what>.png`).
 
     python -m experiments.visualize --config configs/multi30k_transformer.py:de_en \
         --workdir runs/m30k_tr_de_en --config.data.eval_split=test_2016_flickr \
