@@ -114,7 +114,6 @@ class Prefetch:
       self._fill()
       batch = self._pending.popleft().result()
     self.next_step += 1
-    self.stream.set_state({"step": self.next_step})
     if self._pool is not None:
       self._fill()   # keep `depth` batches in flight while the step runs
     return batch
@@ -127,7 +126,6 @@ class Prefetch:
       fut.cancel()
     self._pending.clear()
     self.next_step = int(state["step"])
-    self.stream.set_state(state)
 
   def close(self) -> None:
     """Stops the workers (batches in flight are dropped)."""

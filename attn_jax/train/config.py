@@ -252,15 +252,12 @@ def _check_numbers(config) -> None:
 def _check_model_shapes(config) -> None:
   """Head/width and image/patch divisibility, for whichever of these keys the model has."""
   m = config.model
-  width_keys = [k for k in ("width",) if k in m]
-  if "num_heads" in m and width_keys:
+  if "num_heads" in m and isinstance(m.get("width"), int):
     heads = m.num_heads
-    for wk in width_keys:
-      for h in (heads if isinstance(heads, (tuple, list)) else (heads,)):
-        width = m[wk]
-        if isinstance(width, int) and width % h:
-          raise ConfigError(f"config.model.num_heads={heads} does not divide "
-                            f"config.model.{wk}={width}.")
+    for h in (heads if isinstance(heads, (tuple, list)) else (heads,)):
+      if m.width % h:
+        raise ConfigError(f"config.model.num_heads={heads} does not divide "
+                          f"config.model.width={m.width}.")
   size = _known_image_size(config)
   if size and "patch_size" in m and size % m.patch_size:
     raise ConfigError(f"config.model.patch_size={m.patch_size} does not divide the image size "
