@@ -26,7 +26,16 @@ those faults for every implementation alike (README, "Page faults").
   python -m experiments.bench_attention                      # the full run (~25 min quiet)
   python -m experiments.bench_attention --sizes 256,512 --batches 1 --rss ''   # smoke test
   python -m experiments.bench_attention --malloc keep --sizes 1024,4096 --batches 1 --rss ''
+  python -m experiments.bench_attention --variants            # window 512 over N; GQA vs MHA
+  python -m experiments.bench_attention --variants --variant-max-n 65536   # the long sizes
 Writes a markdown table to stdout and `--out` (JSON with every sample).
+
+`--variants` measures the attention variants instead: a causal sliding window
+(`--window`, default 512) through the blockwise kernel at N = 4,096 ... 65,536 (up to
+`--variant-max-n`, 16,384 by default so that a busy CPU finishes in minutes), reported as
+time per token (flat when the cost is linear in N), and grouped-query attention
+(`--gqa-heads` query:kv heads, default 8:2) against MHA at `--gqa-n`: time and the bytes
+of K/V (what a KV cache holds).
 """
 from __future__ import annotations
 
@@ -284,6 +293,14 @@ def main(argv=None):
   p.add_argument("--out", default="runs/bench_attention.json")
   p.add_argument("--malloc", choices=["default", "keep"], default="default",
                  help="keep: run in a child process with MALLOC_KEEP (no page faults on reuse)")
+  p.add_argument("--variants", action="store_true",
+                 help="measure the variants (sliding window over N, GQA vs MHA) instead")
+  p.add_argument("--variant-sizes", type=_ints, default=_ints("4096,8192,16384,32768,65536"))
+  p.add_argument("--variant-max-n", type=int, default=16384,
+                 help="largest N of --variant-sizes to run (65536 for the whole sweep)")
+  p.add_argument("--window", type=int, default=512, help="left window of --variants")
+  p.add_argument("--gqa-n", type=int, default=4096, help="sequence length of the GQA cells")
+  p.add_argument("--gqa-heads", default="8:2", help="query:kv heads of the GQA cells")
   args = p.parse_args(argv)
   if args.table:
     with open(args.table) as fh:
@@ -305,6 +322,13 @@ def main(argv=None):
   if args.rss_child:
     impl, n, mode = args.rss_child.split(":")
     return rss_child(impl, int(n), mode, args.causal[0])
+  if args.variants:
+    from experiments import bench_variants  # imported here: it builds on this module
+    rows = bench_variants.run_variants(args)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as fh:
+      json.dump({"jax": jax.__version__, "dtype": args.dtype, "variants": rows}, fh, indent=1)
+    return rows
 
   t_start = time.time()
   ceiling = matmul_gflops(args.ceiling_n)

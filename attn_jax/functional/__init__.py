@@ -1,7 +1,8 @@
 """Pure attention functions: `from attn_jax import functional as F`.
 
 No Flax, no state. Layout: `q: [..., q_len, d_k]`, `k: [..., kv_len, d_k]`,
-`v: [..., kv_len, d_v]`; leading axes (batch, heads) broadcast. Boolean masks are
+`v: [..., kv_len, d_v]`; leading axes (batch, heads) broadcast, and k/v may have fewer
+heads on axis -3 than q (grouped-query attention). Boolean masks are
 True where attention is allowed. Every function checks its inputs and raises
 `ShapeError` naming the argument, its shape and the shape it needed.
 """
@@ -11,12 +12,17 @@ from attn_jax.functional.core import (IMPLEMENTATIONS, attention, attention_pool
                                            simple_self_attention)
 from attn_jax.functional.masks import (NEG_INF, bias_to_mask, causal_mask, combine_masks,
                                        make_attention_mask, mask_to_bias, masked_softmax,
-                                       padding_mask, sequence_mask, valid_lens_mask)
+                                       padding_mask, segment_mask, sequence_mask,
+                                       valid_lens_mask, window_mask)
 from attn_jax.functional.multihead import (init_multi_head_params, linear,
                                            merge_heads, multi_head_attention, project_heads,
                                            project_out, split_heads)
-from attn_jax.functional.positions import (apply_rotary, rotary_angles, sincos_2d_positions,
+from attn_jax.functional.positions import (alibi_bias, alibi_slopes, apply_rotary,
+                                           rotary_angles, sincos_2d_positions,
                                            sinusoidal_positions)
+# attention without the softmax
+from attn_jax.functional.nonsoftmax import (linear_attention, performer_features,
+                                            sigmoid_attention)
 from attn_jax.functional.scoring import (additive_scores, cosine_scores, dot_product_scores,
                                          gaussian_kernel_scores, init_additive_params,
                                          scaled_dot_product_scores)

@@ -73,12 +73,12 @@ def check_float(fn: str, name: str, x: Any) -> None:
                      f"(float32, bfloat16, ...): cast it, e.g. {name}.astype(jnp.float32).")
 
 
-def check_integer(fn: str, name: str, x: Any) -> None:
-  """Raises ShapeError unless `x` has an integer dtype (lengths, ids)."""
+def check_integer(fn: str, name: str, x: Any, what: str = "lengths") -> None:
+  """Raises ShapeError unless `x` has an integer dtype (lengths, ids); `what` names them."""
   dtype = jnp.result_type(x)
   if not jnp.issubdtype(dtype, jnp.integer):
     raise ShapeError(f"{fn}(): argument '{name}' has dtype {dtype}; expected integer "
-                     f"lengths (e.g. int32).")
+                     f"{what} (e.g. int32).")
 
 
 def check_nonempty(fn: str, name: str, x: Any) -> None:

@@ -7,9 +7,12 @@ never materialised. It saves only the output and the per-row logsumexp.
 The backward pass (`jax.custom_vjp`, FlashAttention-2) recomputes each score
 tile from q, k and the saved logsumexp, so it is O(N) in memory as well.
 
-Causal attention skips the tiles above the diagonal (the loops do not visit
-them) and masks only the tiles that straddle it. Lengths that are not a
-multiple of the tile size are padded and the padded keys masked.
+Causal attention and sliding windows skip the tiles outside the band (the loops do
+not visit them) and mask only the tiles that straddle its edges, so a window costs
+O(N * window). Grouped K/V heads (GQA / MQA) run as [Z, G, ...] query tiles against
+[Z, ...] K/V tiles: K/V are never repeated. Segment ids, soft-capping and ALiBi are
+applied per tile (`_tile_masks.scores`). Lengths that are not a multiple of the tile
+size are padded and the padded keys masked.
 
 Reverse mode only: the custom VJP has no JVP rule, so `jax.jvp`/`jax.jacfwd`
 need `attention(..., implementation='reference')`.
@@ -28,8 +31,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from attn_jax.functional import _checks as C
-from attn_jax.functional import masks as M
-from attn_jax.functional.tiles import default_blocks, divisor_at_most, group_rows
+from attn_jax.functional import _tile_masks as T
+from attn_jax.functional import _variants as V
+from attn_jax.functional.tiles import default_blocks, divisor_at_most, group_rows, window_cap
 
 
 class _Cfg(NamedTuple):
@@ -42,8 +46,11 @@ class _Cfg(NamedTuple):
   kv_len: int
   causal: bool
   scale: float
-  lead: tuple[int, ...]  # the broadcast leading axes that Z flattens
+  lead: tuple[int, ...]  # the broadcast K/V leading axes that Z flattens
   group: int      # the inference forward runs Z rows as independent kernels of this many
+  window: V.Window | None = None  # (left, right), see `_variants`
+  softcap: float | None = None
+  heads: int = 1  # G: query heads per K/V head
 
 
 def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
@@ -52,6 +59,11 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                         bias: jax.Array | None = None,
                         valid_lens: jax.Array | None = None,
                         is_causal: bool = False,
+                        window: int | V.Window | None = None,
+                        q_segment_ids: jax.Array | None = None,
+                        kv_segment_ids: jax.Array | None = None,
+                        softcap: float | None = None,
+                        alibi_slopes: jax.Array | None = None,
                         block_q: int | None = None,
                         block_k: int | None = None,
                         block_q_bwd: int | None = None,
@@ -63,22 +75,31 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   scorer: rows with no valid key output zeros (with zero gradient).
 
   Args:
-    q: [..., q_len, d_k] queries; k: [..., kv_len, d_k]; v: [..., kv_len, d_v].
+    q: [..., heads, q_len, d_k] queries; k: [..., kv_heads, kv_len, d_k];
+      v: [..., kv_heads, kv_len, d_v]. kv_heads may divide heads (GQA; 1: MQA).
     scale: score scale (default 1/sqrt(d_k)).
-    mask: bool, broadcastable to [..., q_len, kv_len]; True = may attend.
-    bias: additive, broadcastable to [..., q_len, kv_len]; differentiable (its
+    mask: bool, broadcastable to [..., heads, q_len, kv_len]; True = may attend.
+    bias: additive, broadcastable to [..., heads, q_len, kv_len]; differentiable (its
       gradient is reduced over the axes it was broadcast along).
     valid_lens: scalar, [batch] or [batch, q_len] number of valid keys.
     is_causal: query i sees keys j <= i + kv_len - q_len (aligned at the end).
-    block_q, block_k: forward tile sizes (default `default_blocks`); clipped to the
-      lengths.
+    window: (left, right) sliding window around each query's position (None: unbounded
+      side; an int w: (w, w)); tiles outside it are not visited.
+    q_segment_ids: [q_len] or [batch, q_len] integer ids (packed sequences);
+      kv_segment_ids: [kv_len] or [batch, kv_len] (default: q_segment_ids when
+      q_len == kv_len). A query sees only keys with its id.
+    softcap: `softcap * tanh(s / softcap)` on the scaled scores (before bias and masks).
+    alibi_slopes: [heads] (or broadcastable to the leading axes) ALiBi slopes; adds
+      `-slope * |i + kv_len - q_len - j|`, computed per tile. Not differentiated.
+    block_q, block_k: forward tile sizes (default `default_blocks`, capped by
+      `tiles.window_cap` for a bounded window); clipped to the lengths.
     block_q_bwd, block_k_bwd: backward tile sizes (default `default_blocks`); they must
       divide block_q / block_k. `python -m experiments.tune_blocks` measures tile sizes.
-    group_size: without gradients, the forward runs the Z = prod(leading axes) rows as
+    group_size: without gradients, the forward runs the Z = prod(K/V leading axes) rows as
       independent kernels of this many rows each (default `tiles.group_rows`; one kernel
       when a mask or bias is given). Under `jax.grad` all rows run at once.
   Returns:
-    [..., q_len, d_v] in q's dtype. Scores, softmax and accumulation run in float32.
+    [..., heads, q_len, d_v] in q's dtype. Scores, softmax and accumulation run in float32.
   """
   fn = "blockwise_attention"
   C.check_rank(fn, "q", q, "[..., q_len, d_k] (at least 2 axes)", min_rank=2)
@@ -89,18 +110,28 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     C.check_integer(fn, "valid_lens", valid_lens)
   C.check_axis(fn, "k", k, -1, q.shape[-1], f"[..., kv_len, d_k] with d_k={q.shape[-1]}")
   C.check_axis(fn, "v", v, -2, k.shape[-2], f"[..., kv_len, d_v] with kv_len={k.shape[-2]}")
-  lead = tuple(jnp.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2]))
+  lead, groups = V.head_groups(fn, q, k, v)
   nq, nk = q.shape[-2], k.shape[-2]
   shape = lead + (nq, nk)
   for name, x in (("mask", mask), ("bias", bias)):
     if x is not None:
       C.check_broadcastable(fn, name, x, shape, "[..., q_len, kv_len]")
-  z = math.prod(lead)
+  var = V.check_variants(fn, shape, window=window, q_segment_ids=q_segment_ids,
+                         kv_segment_ids=kv_segment_ids, softcap=softcap,
+                         alibi_slopes=alibi_slopes)
+  zlead, n = V.kv_lead(lead, groups), len(lead)
+  z = math.prod(zlead)
+  causal = bool(is_causal)
   # The inference forward runs independent groups of rows (tiles.group_rows); a mask or
   # bias keeps one group (its broadcast axes are not split along Z).
-  g = group_rows(z, bool(is_causal), nq) if group_size is None else max(1, min(group_size, z))
+  g = max(1, group_rows(z * groups, causal, nq) // groups) if group_size is None else \
+      max(1, min(group_size, z))
   g = z if mask is not None or bias is not None else g
-  d_bq, d_bk, d_bqb, d_bkb = default_blocks(z, bool(is_causal), q_len=nq, kv_len=nk)
+  d_bq, d_bk, d_bqb, d_bkb = default_blocks(z * groups, causal, q_len=nq, kv_len=nk)
+  band = V.band(var.window, causal)
+  if band is not None and None not in band:  # a bounded window: tiles about its width
+    cap = window_cap(band[0] + band[1] + 1)
+    d_bq, d_bk, d_bqb, d_bkb = (min(b, cap) for b in (d_bq, d_bk, d_bqb, d_bkb))
   bq = max(1, min(block_q or d_bq, nq))
   bk = max(1, min(block_k or d_bk, nk))
   # Backward tiles must split the forward's evenly; defaults fall back to a divisor.
@@ -113,127 +144,52 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                        "(after clipping to the sequence length).")
   nq_p, nk_p = -(-nq // bq) * bq, -(-nk // bk) * bk
   scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-  cfg = _Cfg(bq, bk, bqb, bkb, nq, nk, bool(is_causal), scale, lead, g)
+  cfg = _Cfg(bq, bk, bqb, bkb, nq, nk, causal, scale, zlead, g, var.window, var.softcap,
+             groups)
 
-  def flat(x, n_p):  # [..., n, d] -> [Z, n_p, d], zero-padded along n
-    x = jnp.broadcast_to(x, lead + x.shape[-2:]).reshape((-1,) + x.shape[-2:])
-    return jnp.pad(x, ((0, 0), (0, n_p - x.shape[1]), (0, 0)))
+  def pad_len(x, axis, n_p, value=0):  # zero-pad axis `axis` of x to n_p
+    width = [(0, 0)] * x.ndim
+    width[axis] = (0, n_p - x.shape[axis])
+    return jnp.pad(x, width, constant_values=value)
 
+  # q: [..., heads, nq, d] -> [Z, G, nq_p, d]; k, v: [..., kv_heads, nk, d] -> [Z, nk_p, d]
+  fq = pad_len(jnp.broadcast_to(q, lead + q.shape[-2:]).reshape((z, groups) + q.shape[-2:]),
+               2, nq_p)
+  flat_kv = lambda x: pad_len(jnp.broadcast_to(x, zlead + x.shape[-2:]).reshape(
+      (z,) + x.shape[-2:]), 1, nk_p)
   lens = None
   if valid_lens is not None:
-    lens = jnp.broadcast_to(_lens_for_rows(valid_lens, shape, fn), lead + (nq,))
-    lens = jnp.minimum(lens.reshape(-1, nq), nk).astype(jnp.int32)
+    lens = T.rows(T.lens_for_rows(valid_lens, shape, fn), n, groups, zlead, (nq,))
+    lens = jnp.minimum(lens, nk).astype(jnp.int32)
   elif nk_p > nk:
-    lens = jnp.full((1, nq), nk, jnp.int32)  # masks the padded keys
-  if lens is not None:
-    lens = jnp.pad(lens, ((0, 0), (0, nq_p - nq)), constant_values=nk)
-  mask = None if mask is None else _pairwise(jnp.asarray(mask, bool), shape, nq_p, nk_p)
-  bias = None if bias is None else _pairwise(bias, shape, nq_p, nk_p)
-  out = _kernel(cfg, flat(q, nq_p), flat(k, nk_p), flat(v, nk_p), mask, bias, lens)
-  return out[:, :nq].reshape(lead + (nq, v.shape[-1])).astype(q.dtype)
-
-
-def _lens_for_rows(valid_lens, shape, fn) -> jax.Array:
-  """valid_lens (scalar, [batch], [batch, q_len]) -> an array broadcastable to shape[:-1]."""
-  M.valid_lens_mask(valid_lens, shape, fn)  # validates; its result is unused (DCE'd under jit)
-  vl = jnp.asarray(valid_lens)
-  nd = len(shape)
-  if vl.ndim == 0:
-    return vl
-  if vl.ndim == 1:
-    return vl.reshape((-1,) + (1,) * (nd - 2))
-  return vl.reshape((vl.shape[0],) + (1,) * (nd - 3) + (vl.shape[1],))
-
-
-def _pairwise(x, shape, nq_p, nk_p) -> jax.Array:
-  """A mask/bias broadcastable to `shape`: full rank, padded along its non-1 q/kv axes."""
-  x = x.reshape((1,) * (len(shape) - x.ndim) + x.shape)
-  pq = nq_p - x.shape[-2] if x.shape[-2] > 1 else 0
-  pk = nk_p - x.shape[-1] if x.shape[-1] > 1 else 0
-  return jnp.pad(x, ((0, 0),) * (x.ndim - 2) + ((0, pq), (0, pk)))
-
-
-def _tile(x, lead, qi, ki, bq, bk):
-  """The [Z or 1, bq or 1, bk or 1] tile of a pairwise array at rows qi.., cols ki.."""
-  xl, (xq, xk) = x.shape[:-2], x.shape[-2:]
-  sq, sk = (bq if xq > 1 else 1), (bk if xk > 1 else 1)
-  t = lax.dynamic_slice(x, (0,) * len(xl) + (qi if xq > 1 else 0, ki if xk > 1 else 0),
-                        xl + (sq, sk))
-  if all(d == 1 for d in xl):
-    return t.reshape(1, sq, sk)
-  return jnp.broadcast_to(t, lead + (sq, sk)).reshape(-1, sq, sk)
-
-
-def _untile(t, x_shape, lead):
-  """Inverse of `_tile` for gradients: sum a [Z, bq, bk] tile over x's broadcast axes."""
-  xl, (xq, xk) = x_shape[:-2], x_shape[-2:]
-  t = t.reshape(lead + t.shape[-2:]) if lead else t[0]
-  axes = tuple(i for i, d in enumerate(xl) if d == 1) + \
-      tuple(len(xl) + i for i, d in enumerate((xq, xk)) if d == 1)
-  return jnp.sum(t, axis=axes, keepdims=True)
-
-
-def _scaled(q, scale):
-  """q * scale in q's dtype: O(N d) multiplies instead of O(N^2) on the scores. Forward
-  and backward both score with this same array, so the saved logsumexp matches."""
-  return q * jnp.asarray(scale, q.dtype)
-
-
-def _scores(cfg, qt, kt, qi, ki, mask, bias, lens, diag):
-  """Score tile [Z, bq, bk] in float32 (qt already scaled) with -inf at blocked keys."""
-  s = jnp.einsum("zqd,zkd->zqk", qt, kt, preferred_element_type=jnp.float32)
-  if bias is not None:
-    s = s + _tile(bias, cfg.lead, qi, ki, cfg.block_q, cfg.block_k).astype(jnp.float32)
-  keep = None
-  cols = ki + lax.broadcasted_iota(jnp.int32, (1, 1, cfg.block_k), 2)
-  if lens is not None:
-    keep = cols < lax.dynamic_slice_in_dim(lens, qi, cfg.block_q, axis=1)[..., None]
-  if mask is not None:
-    m = _tile(mask, cfg.lead, qi, ki, cfg.block_q, cfg.block_k)
-    keep = m if keep is None else keep & m
-  if diag:  # causal, only on tiles that straddle the diagonal
-    rows = qi + lax.broadcasted_iota(jnp.int32, (1, cfg.block_q, 1), 1)
-    c = rows + (cfg.kv_len - cfg.q_len) >= cols
-    if _causal_only(cfg, mask, lens):  # then keep is None
-      # A [1, bq, bk] additive -inf bias instead of a select on the [Z, bq, bk] scores:
-      # XLA:CPU keeps an add inside the fused matmul-softmax-matmul kernel.
-      return s + jnp.where(c, 0.0, -jnp.inf)
-    keep = c if keep is None else keep & c
-  return s if keep is None else jnp.where(keep, s, -jnp.inf)
-
-
-def _causal_only(cfg, mask, lens) -> bool:
-  """Causal with no other mask and every query seeing key 0 (kv_len >= q_len): key tile 0,
-  which every loop visits first, then gives each row a finite max, so later -inf scores
-  only ever give exp(-inf) = 0 and the softmax needs no NaN guard."""
-  return cfg.causal and mask is None and lens is None and cfg.kv_len >= cfg.q_len
-
-
-def _may_block(cfg, mask, lens, diag) -> bool:
-  """Whether a row's running max can be -inf (then it needs the NaN-safe softmax).
-  Without that the plain form stays free of selects, which XLA:CPU fuses into one kernel
-  with the two matmuls (a select splits it into separate passes over the tile)."""
-  return mask is not None or lens is not None or (bool(diag) and not _causal_only(cfg, mask, lens))
+    lens = jnp.full((1, 1, nq), nk, jnp.int32)  # masks the padded keys
+  q_seg = kv_seg = None
+  if var.q_segment_ids is not None:
+    q_seg = pad_len(T.rows(var.q_segment_ids, n, groups, zlead, (nq,)), 2, nq_p)
+    kv_seg = pad_len(T.rows(var.kv_segment_ids, n, groups, zlead, (nk,)), 2, nk_p)
+  ex = T.Extras(
+      mask=None if mask is None else T.pairwise(jnp.asarray(mask, bool), n, groups, nq_p, nk_p),
+      lens=None if lens is None else pad_len(lens, 2, nq_p, value=nk),
+      q_seg=None if q_seg is None else q_seg.astype(jnp.int32),
+      kv_seg=None if kv_seg is None else kv_seg.astype(jnp.int32),
+      slopes=None if var.alibi_slopes is None else T.rows(var.alibi_slopes, n, groups, zlead, ()))
+  bias = None if bias is None else T.pairwise(bias, n, groups, nq_p, nk_p)
+  out = _kernel(cfg, fq, flat_kv(k), flat_kv(v), bias, ex)
+  return out[:, :, :nq].reshape(lead + (nq, v.shape[-1])).astype(q.dtype)
 
 
 def _k_range(cfg, qi, n_kb):
-  """Key tiles [0, full) need no causal mask, [full, hi) straddle the diagonal."""
-  if not cfg.causal:
-    return n_kb, n_kb
-  off = cfg.kv_len - cfg.q_len
-  full = jnp.clip((qi + off + 1) // cfg.block_k, 0, n_kb)
-  hi = jnp.clip((qi + cfg.block_q - 1 + off) // cfg.block_k + 1, 0, n_kb)
-  return full, hi
+  """(b, hi) of `_tile_masks.k_tiles`: key tiles [0, b) unmasked, [b, hi) straddling the
+  diagonal, for a band without a left edge (causal)."""
+  _, _, b, hi = T.k_tiles(cfg, qi, n_kb)
+  return b, hi
 
 
 def _q_range(cfg, ki, n_qb):
-  """Query tiles that see key tile `ki`: [lo, full) straddle the diagonal, [full, n) don't."""
-  if not cfg.causal:
-    return 0, 0, n_qb
-  off = cfg.kv_len - cfg.q_len
-  lo = jnp.clip(jnp.maximum(ki - off, 0) // cfg.block_q, 0, n_qb)
-  full = jnp.clip(-(-(ki + cfg.block_k - 1 - off) // cfg.block_q), lo, n_qb)
-  return lo, full, n_qb
+  """(lo, a, hi) of `_tile_masks.q_tiles`: query tiles [lo, a) straddling the diagonal,
+  [a, hi) unmasked, for a band without a left edge (causal)."""
+  lo, a, _, hi = T.q_tiles(cfg, ki, n_qb)
+  return lo, a, hi
 
 
 def _static(x) -> int | None:
@@ -261,96 +217,113 @@ def _scan(f, init, n: int):
   return lax.scan(f, init, jnp.arange(n))
 
 
-def _forward(cfg, q, k, v, mask, bias, lens):
-  """Returns out [Z, nq_p, d_v] (float32) and the row logsumexp [Z, nq_p]."""
-  z, bq, bk = q.shape[0], cfg.block_q, cfg.block_k
+def _forward(cfg, q, k, v, bias, ex):
+  """Returns out [Z, G, nq_p, d_v] (float32) and the row logsumexp [Z, G, nq_p]."""
+  z, gq, bq, bk = q.shape[0], q.shape[1], cfg.block_q, cfg.block_k
   q = _scaled(q, cfg.scale)
   n_kb = k.shape[1] // bk
 
   def q_block(i):
     qi = i * bq
-    qt = lax.dynamic_slice_in_dim(q, qi, bq, axis=1)
+    qt = lax.dynamic_slice_in_dim(q, qi, bq, axis=2)
 
     def step(diag, j, carry):
       m, l, acc = carry
       ki = j * bk
       kt = lax.dynamic_slice_in_dim(k, ki, bk, axis=1)
       vt = lax.dynamic_slice_in_dim(v, ki, bk, axis=1)
-      s = _scores(cfg, qt, kt, qi, ki, mask, bias, lens, diag)
+      s, _ = T.scores(cfg, qt, kt, qi, ki, ex, bias, diag)
       m_new = jnp.maximum(m, jnp.max(s, axis=-1))
       m_safe = m_new  # finite unless masks can block a whole row so far:
-      if _may_block(cfg, mask, lens, diag):
+      if T.may_block(cfg, ex, diag):
         m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # then no NaN
       p = jnp.exp(s - m_safe[..., None])
       alpha = jnp.exp(m - m_safe)
       l = l * alpha + jnp.sum(p, axis=-1)
-      pv = jnp.einsum("zqk,zkd->zqd", p.astype(v.dtype), vt, preferred_element_type=jnp.float32)
+      pv = _mm("zqk,zkd->zqd", p.astype(v.dtype), vt)
       return m_new, l, acc * alpha[..., None] + pv
 
-    full, hi = _k_range(cfg, qi, n_kb)
-    if _static(hi) == 1:  # one key tile: the dense softmax, normalised before the second
-      # matmul (XLA:CPU runs that form ~1.4x faster than scaling the matmul's output)
-      diag = _static(full) == 0
-      s = _scores(cfg, qt, k[:, :bk], qi, 0, mask, bias, lens, diag)
+    lo, a, b, hi = T.k_tiles(cfg, qi, n_kb)
+    if _static(lo) == 0 and _static(hi) == 1:  # one key tile: the dense softmax, normalised
+      # before the second matmul (XLA:CPU runs that form ~1.4x faster than scaling the output)
+      diag = not (_static(a) == 0 and _static(b) == 1)
+      s, _ = T.scores(cfg, qt, k[:, :bk], qi, 0, ex, bias, diag)
       m = jnp.max(s, axis=-1)
-      if _may_block(cfg, mask, lens, diag):
+      if T.may_block(cfg, ex, diag):
         p = jnp.exp(s - jnp.where(m == -jnp.inf, 0.0, m)[..., None])
         l = jnp.sum(p, axis=-1)
         l_safe = jnp.where(l > 0, l, 1.0)
       else:
         p = jnp.exp(s - m[..., None])
         l = l_safe = jnp.sum(p, axis=-1)
-      out = jnp.einsum("zqk,zkd->zqd", (p / l_safe[..., None]).astype(v.dtype), v[:, :bk],
-                       preferred_element_type=jnp.float32)
+      out = _mm("zqk,zkd->zqd", (p / l_safe[..., None]).astype(v.dtype), v[:, :bk])
     else:
-      init = (jnp.full((z, bq), -jnp.inf, jnp.float32), jnp.zeros((z, bq), jnp.float32),
-              jnp.zeros((z, bq, v.shape[-1]), jnp.float32))
-      carry = _loop(0, full, functools.partial(step, False), init)
-      m, l, acc = _loop(full, hi, functools.partial(step, True), carry)
+      init = (jnp.full((z, gq, bq), -jnp.inf, jnp.float32), jnp.zeros((z, gq, bq), jnp.float32),
+              jnp.zeros((z, gq, bq, v.shape[-1]), jnp.float32))
+      carry = _loop(lo, a, functools.partial(step, True), init)
+      carry = _loop(a, b, functools.partial(step, False), carry)
+      m, l, acc = _loop(b, hi, functools.partial(step, True), carry)
       l_safe = jnp.where(l > 0, l, 1.0)
       out = acc / l_safe[..., None]  # rows with no valid key: 0
     lse = jnp.where(l > 0, m + jnp.log(l_safe), jnp.inf)
     return out, lse
 
-  _, (outs, lses) = _scan(lambda c, i: (c, q_block(i)), None, q.shape[1] // bq)
-  out = jnp.moveaxis(outs, 0, 1).reshape(z, -1, v.shape[-1])
-  return out, jnp.moveaxis(lses, 0, 1).reshape(z, -1)
+  _, (outs, lses) = _scan(lambda c, i: (c, q_block(i)), None, q.shape[2] // bq)
+  out = jnp.moveaxis(outs, 0, 2).reshape(z, gq, -1, v.shape[-1])
+  return out, jnp.moveaxis(lses, 0, 2).reshape(z, gq, -1)
+
+
+def _mm(spec: str, a, b):
+  """A float32-accumulated tile matmul in which [Z, G, rows, .] operands enter as
+  [Z, G*rows, .] (a bitcast), so XLA sees the plain batched dot whatever G is; results
+  over query rows ('zq.') come back as [Z, G, rows, .]."""
+  g = a.shape[1] if a.ndim == 4 else b.shape[1]
+  flat = lambda x: x.reshape(x.shape[0], -1, x.shape[-1]) if x.ndim == 4 else x
+  out = jnp.einsum(spec, flat(a), flat(b), preferred_element_type=jnp.float32)
+  return out.reshape(out.shape[0], g, -1, out.shape[-1]) if spec.split("->")[1][1] == "q" else out
+
+
+def _scaled(q, scale):
+  """q * scale in q's dtype: O(N d) multiplies instead of O(N^2) on the scores. Forward
+  and backward both score with this same array, so the saved logsumexp matches."""
+  return q * jnp.asarray(scale, q.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash(cfg, q, k, v, mask, bias, lens):
-  """out [Z, nq_p, d_v] float32 for padded, flattened q [Z, nq_p, d], k/v [Z, nk_p, d].
+def _flash(cfg, q, k, v, bias, ex):
+  """out [Z, G, nq_p, d_v] float32 for padded q [Z, G, nq_p, d], k/v [Z, nk_p, d].
 
   Without gradients: `_forward` over independent groups of `cfg.group` rows (mask and bias
   are None when there are several), kernels that XLA:CPU fuses and schedules on their own.
   """
   g = cfg.group
   if g >= q.shape[0]:
-    return _forward(cfg, q, k, v, mask, bias, lens)[0]
-  rows = lambda x, s: x if x is None or x.shape[0] == 1 else x[s:s + g]
-  return jnp.concatenate([_forward(cfg, q[s:s + g], k[s:s + g], v[s:s + g], mask, bias,
-                                   rows(lens, s))[0] for s in range(0, q.shape[0], g)])
+    return _forward(cfg, q, k, v, bias, ex)[0]
+  rows = lambda s: T.Extras(*(x if x is None or x.shape[0] == 1 else x[s:s + g] for x in ex))
+  return jnp.concatenate([_forward(cfg, q[s:s + g], k[s:s + g], v[s:s + g], bias, rows(s))[0]
+                          for s in range(0, q.shape[0], g)])
 
 
-def _flash_fwd(cfg, q, k, v, mask, bias, lens):
+def _flash_fwd(cfg, q, k, v, bias, ex):
   # With gradients: all rows at once (grouping measured slower for forward+backward).
-  out, lse = _forward(cfg, q, k, v, mask, bias, lens)
-  return out, (q, k, v, mask, bias, lens, out, lse)
+  out, lse = _forward(cfg, q, k, v, bias, ex)
+  return out, (q, k, v, bias, ex, out, lse)
 
 
 def _flash_bwd(cfg, res, d_out):
   """FlashAttention-2 backward: per key tile, walk the query tiles that see it.
 
-  dV += P^T dO;  dP = dO V^T;  dS = P * (dP - rowsum(dO * O));  dQ += dS K;  dK += dS^T Q.
+  dV += P^T dO;  dP = dO V^T;  dS = P * (dP - rowsum(dO * O));  dQ += dS' K;  dK += dS'^T Q,
+  with dS' = dS * (1 - tanh^2) under soft-capping (dS itself is the bias gradient).
   P is recomputed from the saved logsumexp; dQ (O(N)) is updated in place.
   """
-  q, k, v, mask, bias, lens, out, lse = res
+  q, k, v, bias, ex, out, lse = res
   cfg = cfg._replace(block_q=cfg.block_q_bwd, block_k=cfg.block_k_bwd)  # 4 score temporaries
   z, bq, bk = q.shape[0], cfg.block_q, cfg.block_k
-  n_qb = q.shape[1] // bq
+  n_qb = q.shape[2] // bq
   q = _scaled(q, cfg.scale)  # so dK = dS^T (scale Q) needs no further scaling
   d_out = d_out.astype(jnp.float32)
-  delta = jnp.sum(d_out * out, axis=-1)  # [Z, nq_p]
+  delta = jnp.sum(d_out * out, axis=-1)  # [Z, G, nq_p]
   dtype = v.dtype
 
   def k_block(carry, j):
@@ -362,28 +335,30 @@ def _flash_bwd(cfg, res, d_out):
     def step(diag, i, c):
       dq, dbias, dk, dv = c
       qi = i * bq
-      qt = lax.dynamic_slice_in_dim(q, qi, bq, axis=1)
-      dot = lax.dynamic_slice_in_dim(d_out, qi, bq, axis=1)
-      s = _scores(cfg, qt, kt, qi, ki, mask, bias, lens, diag)
-      p = jnp.exp(s - lax.dynamic_slice_in_dim(lse, qi, bq, axis=1)[..., None])
-      dv = dv + jnp.einsum("zqk,zqd->zkd", p.astype(dtype), dot.astype(dtype),
-                           preferred_element_type=jnp.float32)
-      dp = jnp.einsum("zqd,zkd->zqk", dot.astype(dtype), vt, preferred_element_type=jnp.float32)
-      ds = p * (dp - lax.dynamic_slice_in_dim(delta, qi, bq, axis=1)[..., None])
-      dsc = ds.astype(dtype)
-      dq_t = jnp.einsum("zqk,zkd->zqd", dsc, kt, preferred_element_type=jnp.float32)
-      dq = lax.dynamic_update_slice_in_dim(
-          dq, lax.dynamic_slice_in_dim(dq, qi, bq, axis=1) + dq_t, qi, axis=1)
-      dk = dk + jnp.einsum("zqk,zqd->zkd", dsc, qt, preferred_element_type=jnp.float32)
+      qt = lax.dynamic_slice_in_dim(q, qi, bq, axis=2)
+      dot = lax.dynamic_slice_in_dim(d_out, qi, bq, axis=2)
+      s, th = T.scores(cfg, qt, kt, qi, ki, ex, bias, diag)
+      p = jnp.exp(s - lax.dynamic_slice_in_dim(lse, qi, bq, axis=2)[..., None])
+      dv = dv + _mm("zqk,zqd->zkd", p.astype(dtype), dot.astype(dtype))
+      dp = _mm("zqd,zkd->zqk", dot.astype(dtype), vt)
+      ds = p * (dp - lax.dynamic_slice_in_dim(delta, qi, bq, axis=2)[..., None])
       if bias is not None:
-        dbias = _add_tile(dbias, _untile(ds, bias.shape, cfg.lead), qi, ki)
+        dbias = T.add_tile(dbias, T.untile(ds, bias.shape, cfg.lead), qi, ki)
+      if th is not None:  # through softcap * tanh(raw / softcap)
+        ds = ds * (1.0 - th * th)
+      dsc = ds.astype(dtype)
+      dq_t = _mm("zqk,zkd->zqd", dsc, kt)
+      dq = lax.dynamic_update_slice_in_dim(
+          dq, lax.dynamic_slice_in_dim(dq, qi, bq, axis=2) + dq_t, qi, axis=2)
+      dk = dk + _mm("zqk,zqd->zkd", dsc, qt)
       return dq, dbias, dk, dv
 
     c = (dq, dbias, jnp.zeros((z, bk, k.shape[-1]), jnp.float32),
          jnp.zeros((z, bk, v.shape[-1]), jnp.float32))
-    lo, full, hi = _q_range(cfg, ki, n_qb)
-    c = _loop(lo, full, functools.partial(step, True), c)
-    dq, dbias, dk, dv = _loop(full, hi, functools.partial(step, False), c)
+    lo, a, b, hi = T.q_tiles(cfg, ki, n_qb)
+    c = _loop(lo, a, functools.partial(step, True), c)
+    c = _loop(a, b, functools.partial(step, False), c)
+    dq, dbias, dk, dv = _loop(b, hi, functools.partial(step, True), c)
     return (dq, dbias), (dk, dv)
 
   dbias0 = None if bias is None else jnp.zeros(bias.shape, jnp.float32)
@@ -392,21 +367,14 @@ def _flash_bwd(cfg, res, d_out):
   dk = jnp.moveaxis(dk, 0, 1).reshape(k.shape)
   dv = jnp.moveaxis(dv, 0, 1).reshape(v.shape)
   dbias = None if bias is None else dbias.astype(bias.dtype)
-  return ((dq * cfg.scale).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
-          None, dbias, None)
-
-
-def _add_tile(buf, t, qi, ki):
-  """buf[..., qi:qi+bq, ki:ki+bk] += t, where t's pair axes of size 1 stay at 0."""
-  starts = (0,) * (buf.ndim - 2) + (qi if buf.shape[-2] > 1 else 0, ki if buf.shape[-1] > 1 else 0)
-  return lax.dynamic_update_slice(buf, lax.dynamic_slice(buf, starts, t.shape) + t, starts)
+  return ((dq * cfg.scale).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dbias, None)
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def _blockwise_kernel(cfg, q, k, v, mask, bias, lens):
-  return _flash(cfg, q, k, v, mask, bias, lens)
+def _blockwise_kernel(cfg, q, k, v, bias, ex):
+  return _flash(cfg, q, k, v, bias, ex)
 
 
 # The kernel as one named, jitted call (inlined into the caller's program): its name stays in

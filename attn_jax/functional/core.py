@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from attn_jax.functional import _checks as C
+from attn_jax.functional import _variants as V
 from attn_jax.functional import backends as Bk
 from attn_jax.functional import blockwise as Bw
 from attn_jax.functional import masks as M
@@ -55,7 +56,8 @@ def attention_pool(weights: jax.Array, v: jax.Array) -> jax.Array:
   return out.astype(v.dtype)
 
 
-def _check_qkv(fn: str, q, k, v, custom_scorer: bool) -> tuple[int, ...]:
+def _check_qkv(fn: str, q, k, v, custom_scorer: bool) -> tuple[tuple[int, ...], int]:
+  """(scores shape lead + (q_len, kv_len), query heads per K/V head)."""
   C.check_rank(fn, "q", q, "[..., q_len, d_k] (at least 2 axes)", min_rank=2)
   C.check_rank(fn, "k", k, "[..., kv_len, d_k] (at least 2 axes)", min_rank=2)
   C.check_rank(fn, "v", v, "[..., kv_len, d_v] (at least 2 axes)", min_rank=2)
@@ -65,11 +67,8 @@ def _check_qkv(fn: str, q, k, v, custom_scorer: bool) -> tuple[int, ...]:
                  f"[..., kv_len, d_k] with d_k={q.shape[-1]} (the last axis of 'q')")
   C.check_axis(fn, "v", v, -2, k.shape[-2],
                f"[..., kv_len, d_v] with kv_len={k.shape[-2]} (axis -2 of 'k')")
-  try:
-    lead = jnp.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-  except ValueError:
-    C.fail(fn, "k", k, f"leading axes broadcastable with those of 'q' {q.shape[:-2]}")
-  return tuple(lead) + (q.shape[-2], k.shape[-2])
+  lead, groups = V.head_groups(fn, q, k, v)
+  return lead + (q.shape[-2], k.shape[-2]), groups
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
@@ -79,6 +78,11 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
               bias: jax.Array | None = None,
               valid_lens: jax.Array | None = None,
               is_causal: bool = False,
+              window: int | V.Window | None = None,
+              q_segment_ids: jax.Array | None = None,
+              kv_segment_ids: jax.Array | None = None,
+              softcap: float | None = None,
+              alibi_slopes: jax.Array | None = None,
               dropout_rate: float = 0.0,
               dropout_rng: jax.Array | None = None,
               return_weights: bool = False,
@@ -87,7 +91,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
 
   Args:
     q: [..., q_len, d_k] queries (leading axes e.g. [batch, heads]).
-    k: [..., kv_len, d_k] keys.
+    k: [..., kv_len, d_k] keys. With heads on axis -3, k and v may have fewer heads
+      than q (grouped-query attention, GQA; one head: MQA): q [..., heads, q_len, d_k],
+      k [..., kv_heads, kv_len, d_k], heads % kv_heads == 0; K/V are not repeated.
     v: [..., kv_len, d_v] values.
     score_fn: `(q, k) -> [..., q_len, kv_len]`; default scaled dot product
       (see `scoring`; bind parameters with functools.partial).
@@ -96,6 +102,16 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     bias: additive bias broadcastable to [..., q_len, kv_len] (e.g. relative positions).
     valid_lens: [batch] or [batch, q_len] number of valid keys (padding mask).
     is_causal: block keys after the query position (aligned at the end when kv_len > q_len).
+    window: sliding window (left, right): query i sees keys
+      `i' - left <= j <= i' + right` with `i' = i + kv_len - q_len`; None leaves a side
+      unbounded, an int w means (w, w). Combines with `is_causal` (then right = 0).
+    q_segment_ids: [q_len] or [batch, q_len] integer ids of packed sequences;
+      kv_segment_ids: [kv_len] or [batch, kv_len] (default: q_segment_ids, when
+      q_len == kv_len). A query attends only to keys with its id.
+    softcap: logit soft-capping `softcap * tanh(s / softcap)` on the scaled scores,
+      before bias and masks (Gemma 2).
+    alibi_slopes: [heads] (or broadcastable to the leading axes; `alibi_slopes(heads)`)
+      adds the ALiBi bias `-slope * |i' - j|` (under `is_causal`: `slope * (j - i')`).
     dropout_rate: dropout on the attention weights; needs `dropout_rng` when > 0.
     dropout_rng: PRNG key for dropout.
     return_weights: also return the weights [..., q_len, kv_len] (before dropout).
@@ -103,8 +119,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       see `backends.select_implementation`), 'reference' (the three stages in jnp;
       any scorer, dropout, weights), 'blockwise' (flash-style tiles, O(N) memory,
       see `blockwise_attention`), 'xla' or 'cudnn' (`jax.nn.dot_product_attention`;
-      'cudnn' needs a GPU and fp16/bf16). All but 'reference' take the default
-      scorer only, no dropout and return_weights=False.
+      'cudnn' needs a GPU and fp16/bf16; no `softcap`). All but 'reference' take the
+      default scorer only, no dropout and return_weights=False.
   Returns:
     out [..., q_len, d_v] in q's dtype, or (out, weights) if `return_weights`.
     Rows with no valid key output zeros on every path. Values at keys that no query
@@ -112,7 +128,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     NaN/Inf included: the output is what zeros there would give.
   """
   fn = "attention"
-  shape = _check_qkv(fn, q, k, v, custom_scorer=score_fn is not None)
+  shape, groups = _check_qkv(fn, q, k, v, custom_scorer=score_fn is not None)
   if mask is not None:
     C.check_broadcastable(fn, "mask", mask, shape, "a bool mask [..., q_len, kv_len]")
   if bias is not None:
@@ -120,23 +136,29 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     C.check_float(fn, "bias", bias)
   if scale is not None:
     C.check_positive(fn, "scale", scale)
+  var = V.check_variants(fn, shape, window=window, q_segment_ids=q_segment_ids,
+                         kv_segment_ids=kv_segment_ids, softcap=softcap,
+                         alibi_slopes=alibi_slopes)
   if valid_lens is not None or mask is not None:
     keep = M.combine_masks(
         mask, None if valid_lens is None else M.valid_lens_mask(valid_lens, shape, fn))
-    v = M.zero_unattended_values(v, keep, shape)
+    v = V.zero_unattended(v, keep, shape, groups)
   if implementation is not None and implementation not in IMPLEMENTATIONS:
     raise ValueError(f"attention(): argument 'implementation' must be None or one of "
                      f"{IMPLEMENTATIONS}, got {implementation!r}.")
   fast_ok = score_fn is None and dropout_rate == 0.0 and not return_weights
+  xla_kw = dict(scale=scale, valid_lens=valid_lens, is_causal=is_causal, window=var.window,
+                groups=groups)
   if implementation is None:
     implementation = Bk.select_implementation(
         q, k, v, custom_scorer=score_fn is not None, dropout_rate=dropout_rate,
-        return_weights=return_weights, mask=mask, bias=bias)
+        return_weights=return_weights, mask=mask, bias=bias, window=var.window,
+        is_causal=is_causal, softcap=var.softcap, alibi=var.alibi_slopes is not None,
+        segment_ids=var.q_segment_ids is not None)
     if implementation == "cudnn":
       try:  # cuDNN's own checks run at trace time; anything it rejects goes to XLA
-        return Bk.xla_attention(q, k, v, shape, scale=scale, mask=mask, bias=bias,
-                                valid_lens=valid_lens, is_causal=is_causal,
-                                implementation="cudnn").astype(q.dtype)
+        return Bk.xla_attention(q, k, v, shape, mask=mask, bias=bias, implementation="cudnn",
+                                **xla_kw).astype(q.dtype)
       except (NotImplementedError, RuntimeError, ValueError):
         implementation = "xla"
   if implementation != "reference":
@@ -146,22 +168,56 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                        "implementation='reference'.")
     if implementation == "blockwise":
       return Bw.blockwise_attention(q, k, v, scale=scale, mask=mask, bias=bias,
-                                    valid_lens=valid_lens, is_causal=is_causal)
+                                    valid_lens=valid_lens, is_causal=is_causal, window=window,
+                                    q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
+                                    softcap=softcap, alibi_slopes=alibi_slopes)
+    if var.softcap is not None:
+      raise ValueError(f"attention(): implementation={implementation!r} has no 'softcap' "
+                       "(jax.nn.dot_product_attention); use 'blockwise' or 'reference'.")
     if implementation == "cudnn" and jax.default_backend() != "gpu":
       raise ValueError("attention(): implementation='cudnn' needs a GPU; use None to pick "
                        "the fastest available path.")
-    return Bk.xla_attention(q, k, v, shape, scale=scale, mask=mask, bias=bias,
-                            valid_lens=valid_lens, is_causal=is_causal,
-                            implementation=implementation).astype(q.dtype)
+    # segment ids and ALiBi as a dense mask and bias (no native form in jax.nn)
+    mask = M.combine_masks(mask, V.segment_keep(var))
+    bias = _add(bias, V.dense_bias(var, shape))
+    return Bk.xla_attention(q, k, v, shape, mask=mask, bias=bias, implementation=implementation,
+                            **xla_kw).astype(q.dtype)
+  return _reference(q, k, v, shape, groups, var, score_fn=score_fn, scale=scale, mask=mask,
+                    bias=bias, valid_lens=valid_lens, is_causal=is_causal,
+                    dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                    return_weights=return_weights)
 
-  if is_causal:
-    mask = M.combine_masks(mask, M.causal_mask(shape[-2], shape[-1], offset=shape[-1] - shape[-2]))
+
+def _add(a, b):
+  return b if a is None else a if b is None else a + b
+
+
+def _reference(q, k, v, shape, groups, var, *, score_fn, scale, mask, bias, valid_lens,
+               is_causal, dropout_rate, dropout_rng, return_weights):
+  """The three stages in jnp. Grouped heads: q as [..., kv_heads, groups, q_len, d_k]
+  against k, v as [..., kv_heads, 1, kv_len, d] (broadcast, not repeated)."""
+  mask = M.combine_masks(mask, V.dense_keep(var, shape, is_causal))
+  bias = _add(bias, V.dense_bias(var, shape))
+  if groups > 1:
+    n = len(shape) - 2
+    if valid_lens is not None:  # in the query-head frame, then grouped with the mask
+      mask = M.combine_masks(mask, M.valid_lens_mask(valid_lens, shape, "attention"))
+      valid_lens = None
+    q = q.reshape(q.shape[:-3] + (q.shape[-3] // groups, groups) + q.shape[-2:])
+    k, v = k[..., None, :, :], v[..., None, :, :]
+    mask = None if mask is None else V.split_heads_axis(mask, n, groups, 2)
+    bias = None if bias is None else V.split_heads_axis(bias, n, groups, 2)
   if score_fn is None:
     score_fn = functools.partial(S.scaled_dot_product_scores, scale=scale)
   scores = score_fn(q, k)
+  if var.softcap is not None:
+    scores = var.softcap * jnp.tanh(scores / var.softcap)
   weights = M.masked_softmax(scores, valid_lens=valid_lens, mask=mask, bias=bias)
   dropped = dropout(weights, dropout_rate, dropout_rng)
   out = attention_pool(dropped, v).astype(q.dtype)
+  if groups > 1:
+    out = out.reshape(shape[:-2] + out.shape[-2:])
+    weights = weights.reshape(shape)
   return (out, weights) if return_weights else out
 
 

@@ -67,6 +67,43 @@ def causal_mask(q_len: int, kv_len: int | None = None, offset: int = 0) -> jax.A
   return (jnp.arange(q_len)[:, None] + offset) >= jnp.arange(kv_len)[None, :]
 
 
+def window_mask(q_len: int, kv_len: int | None = None,
+                window: tuple[int | None, int | None] = (None, None),
+                offset: int | jax.Array = 0) -> jax.Array:
+  """Sliding-window (band) mask: query i sees keys `i + offset - left <= j <= i + offset + right`.
+
+  Args:
+    q_len, kv_len: lengths (kv_len defaults to q_len).
+    window: (left, right) keys allowed before / after the query's own position; None
+      leaves that side unbounded. (left, 0) is causal local attention.
+    offset: the queries' position shift, as in `causal_mask` (kv_len - q_len aligns them
+      at the end; a cache index while decoding). May be traced.
+  Returns:
+    [q_len, kv_len] bool.
+  """
+  kv_len = q_len if kv_len is None else kv_len
+  left, right = window
+  rel = (jnp.arange(q_len)[:, None] + offset) - jnp.arange(kv_len)[None, :]  # query - key
+  keep = jnp.ones((q_len, kv_len), bool)
+  if left is not None:
+    keep = keep & (rel <= left)
+  if right is not None:
+    keep = keep & (rel >= -right)
+  return keep
+
+
+def segment_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array) -> jax.Array:
+  """Packed sequences: a query sees only the keys of its own segment.
+
+  Args:
+    q_segment_ids: [..., q_len] integer segment of each query.
+    kv_segment_ids: [..., kv_len] integer segment of each key (leading axes broadcast).
+  Returns:
+    [..., q_len, kv_len] bool, True where the ids are equal.
+  """
+  return jnp.asarray(q_segment_ids)[..., :, None] == jnp.asarray(kv_segment_ids)[..., None, :]
+
+
 def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
   """Logical AND of broadcastable boolean masks; `None` entries are ignored."""
   masks = [m for m in masks if m is not None]

@@ -1,5 +1,7 @@
-"""Position encodings: sinusoidal 1-D, sin-cos 2-D, rotary (RoPE)."""
+"""Position encodings: sinusoidal 1-D, sin-cos 2-D, rotary (RoPE), ALiBi slopes and biases."""
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -73,3 +75,49 @@ def apply_rotary(x: jax.Array, positions: jax.Array | None = None,
   x1, x2 = xf[..., : dim // 2], xf[..., dim // 2:]
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x.dtype)
+
+
+def alibi_slopes(num_heads: int) -> jax.Array:
+  """ALiBi head slopes (Press et al., "Train Short, Test Long"): a geometric sequence.
+
+  For a power of two n the slopes are `2^(-8/n), 2^(-16/n), ..., 2^(-8)`. Otherwise the
+  n' = 2^floor(log2 n) slopes of n' come first, then every other slope of 2 n' (the
+  paper's reference code), so each head count gets distinct slopes in (0, 1).
+
+  Returns:
+    [num_heads] float32.
+  """
+  if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+    raise C.ShapeError(f"alibi_slopes(): argument 'num_heads' must be a positive int, "
+                       f"got {num_heads!r}.")
+
+  def pow2(n: int) -> list[float]:
+    start = 2.0 ** (-8.0 / n)
+    return [start ** (i + 1) for i in range(n)]
+
+  def slopes(n: int) -> list[float]:
+    if n & (n - 1) == 0:
+      return pow2(n)
+    base = 2 ** int(math.floor(math.log2(n)))
+    return pow2(base) + slopes(2 * base)[0::2][:n - base]
+
+  return jnp.asarray(slopes(num_heads), jnp.float32)
+
+
+def alibi_bias(slopes: jax.Array, q_len: int, kv_len: int | None = None,
+               offset: int | jax.Array = 0) -> jax.Array:
+  """The ALiBi bias `-slope * |i + offset - j|` for query i and key j.
+
+  Under a causal mask it equals the paper's causal form `slope * (j - i)` on every visible
+  key. `attention(..., alibi_slopes=)` builds it (or, in the blockwise kernel, each tile of it).
+
+  Args:
+    slopes: [..., heads] (e.g. `alibi_slopes(heads)`).
+    q_len, kv_len: lengths (kv_len defaults to q_len).
+    offset: query position shift as in `causal_mask` (kv_len - q_len: aligned at the end).
+  Returns:
+    [..., heads, q_len, kv_len] float32.
+  """
+  kv_len = q_len if kv_len is None else kv_len
+  dist = jnp.abs(jnp.arange(q_len)[:, None] + offset - jnp.arange(kv_len)[None, :])
+  return -jnp.asarray(slopes, jnp.float32)[..., None, None] * dist.astype(jnp.float32)

@@ -105,3 +105,14 @@ def group_rows(z: int, causal: bool = False, q_len: int | None = None,
 def divisor_at_most(n: int, cap: int) -> int:
   """The largest divisor of n that is <= cap (n's tiles must split evenly)."""
   return next(d for d in range(min(n, cap), 0, -1) if n % d == 0)
+
+
+def window_cap(band_width: int) -> int:
+  """The largest default tile side for a band of `band_width` keys per query (sliding
+  window): the largest power of two <= band_width, at least MIN_BLOCK_Q. A query tile then
+  visits about (block_q + band_width) / block_k + 1 key tiles, so the cost stays linear in
+  the sequence length with little work outside the band."""
+  side = MIN_BLOCK_Q
+  while side * 2 <= band_width:
+    side *= 2
+  return side

@@ -20,7 +20,7 @@ class MultiHeadAttention(nn.Module):
   """Multi-head attention (self or cross) with dropout and an autoregressive cache.
 
   Attributes:
-    num_heads: number of heads.
+    num_heads: number of (query) heads.
     qkv_features: total query/key width (default: the query input width).
     v_features: total value width (default: qkv_features).
     out_features: output width (default: the query input width).
@@ -36,6 +36,14 @@ class MultiHeadAttention(nn.Module):
       kernel on CPU, cuDNN flash attention on GPU).
     implementation: passed to `F.attention`.
     dtype: computation dtype (e.g. bfloat16); params are kept in param_dtype.
+    num_kv_heads: K/V heads (default num_heads); fewer is grouped-query attention (GQA;
+      1: multi-query). W_k, W_v and the cache then hold num_kv_heads heads of
+      qkv_features / num_heads and v_features / num_heads features.
+    window: sliding window (left, right) (or an int w: (w, w)), see `F.attention`.
+    softcap: logit soft-capping `softcap * tanh(s / softcap)`.
+    position: 'none', 'rope' (rotary embeddings on queries and keys, `F.apply_rotary`,
+      at `positions` / `kv_positions`) or 'alibi' (`F.alibi_slopes(num_heads)`).
+    rope_base: RoPE frequency base.
   """
   num_heads: int
   qkv_features: int | None = None
@@ -49,6 +57,21 @@ class MultiHeadAttention(nn.Module):
   kernel_init: Any = nn.initializers.xavier_uniform()
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  num_kv_heads: int | None = None
+  window: Any = None
+  softcap: float | None = None
+  position: str = "none"
+  rope_base: float = 10000.0
+
+  def _kv_heads(self) -> int:
+    kv = self.num_kv_heads or self.num_heads
+    if self.num_heads % kv:
+      raise ValueError(f"MultiHeadAttention: num_kv_heads={kv} must divide "
+                       f"num_heads={self.num_heads}.")
+    if self.position not in POSITIONS:
+      raise ValueError(f"MultiHeadAttention: position must be one of {POSITIONS}, got "
+                       f"{self.position!r}.")
+    return kv
 
   def _params(self, d_q: int, d_k: int, d_v: int) -> dict[str, jax.Array]:
     qk = self.qkv_features or d_q
@@ -58,7 +81,9 @@ class MultiHeadAttention(nn.Module):
       if feats % self.num_heads:
         raise ValueError(f"MultiHeadAttention: {name}={feats} is not divisible by "
                          f"num_heads={self.num_heads}.")
-    shapes = {"q": (d_q, qk), "k": (d_k, qk), "v": (d_v, vf), "o": (vf, out)}
+    kv = self._kv_heads()
+    kv_qk, kv_v = qk // self.num_heads * kv, vf // self.num_heads * kv
+    shapes = {"q": (d_q, qk), "k": (d_k, kv_qk), "v": (d_v, kv_v), "o": (vf, out)}
     p = {}
     for n, shape in shapes.items():
       p[f"W_{n}"] = self.param(f"W_{n}", self.kernel_init, shape, self.param_dtype)
@@ -73,6 +98,10 @@ class MultiHeadAttention(nn.Module):
                x_v: jax.Array | None = None,
                mask: jax.Array | None = None, bias: jax.Array | None = None,
                valid_lens: jax.Array | None = None, is_causal: bool = False,
+               q_segment_ids: jax.Array | None = None,
+               kv_segment_ids: jax.Array | None = None,
+               positions: jax.Array | None = None,
+               kv_positions: jax.Array | None = None,
                deterministic: bool = True, return_weights: bool = False):
     """Attend from `x_q` to `x_kv` (self-attention when `x_kv` is None).
 
@@ -84,29 +113,59 @@ class MultiHeadAttention(nn.Module):
       bias: additive, broadcastable to [batch, heads, q_len, kv_len].
       valid_lens: [batch] or [batch, q_len] valid key counts.
       is_causal: causal self-attention. With `decode=True` causality comes from the cache.
+      q_segment_ids, kv_segment_ids: [batch, q_len] / [batch, kv_len] ids of packed
+        sequences (kv defaults to q for self-attention); not with `decode`.
+      positions: [batch, q_len] or [q_len] RoPE positions of the queries (default:
+        0, 1, ...; while decoding, the cache index onwards), e.g. restarting per segment.
+      kv_positions: RoPE positions of the keys (default: `positions` for self-attention,
+        else 0, 1, ...).
       deterministic: disables dropout; otherwise the 'dropout' RNG stream is used.
       return_weights: also return the weights [batch, heads, q_len, kv_len] (reference path).
     Returns:
       [batch, q_len, out_features], or (out, weights) if `return_weights`.
     """
+    self_attention = x_kv is None
     x_kv = x_q if x_kv is None else x_kv
     x_v = x_kv if x_v is None else x_v
     p = self._params(x_q.shape[-1], x_kv.shape[-1], x_v.shape[-1])
     dtype = p["W_q"].dtype
     x_q, x_kv, x_v = (x.astype(dtype) for x in (x_q, x_kv, x_v))
-    h = self.num_heads
+    h, kv = self.num_heads, self._kv_heads()
     q = F.project_heads(x_q, p["W_q"], p.get("b_q"), h)
-    k = F.project_heads(x_kv, p["W_k"], p.get("b_k"), h)
-    v = F.project_heads(x_v, p["W_v"], p.get("b_v"), h)
+    k = F.project_heads(x_kv, p["W_k"], p.get("b_k"), kv)
+    v = F.project_heads(x_v, p["W_v"], p.get("b_v"), kv)
+    rope = self.position == "rope"
+    rotate = lambda x, pos: F.apply_rotary(x, _head_axis(pos), self.rope_base) if rope else x
+    window, alibi = self.window, None
+    if self.position == "alibi":
+      alibi = F.alibi_slopes(h)
     if self.decode:
-      k, v, cache_mask = self._update_cache(k, v)
-      mask = F.combine_masks(mask, cache_mask)
-      is_causal = False
+      if q_segment_ids is not None or kv_segment_ids is not None:
+        raise ValueError("MultiHeadAttention: decode=True takes no segment ids (one "
+                         "sequence per cache row).")
+      start = self._cache_index()
+      pos = jnp.arange(q.shape[-2]) + start if positions is None else positions
+      q = rotate(q, pos)
+      k, v = self._update_cache(rotate(k, pos), v)
+      # causal within the new tokens and nothing past them, as a band from the cache index
+      mask = F.combine_masks(mask, F.window_mask(q.shape[-2], k.shape[-2], (_left(window), 0),
+                                                 start))
+      if alibi is not None:  # the queries sit at the cache index: an explicit [h, new, max] bias
+        ab = F.alibi_bias(alibi, q.shape[-2], k.shape[-2], offset=start)
+        bias = ab if bias is None else bias + ab
+      window, alibi, is_causal = None, None, False
+    elif rope:
+      pos = jnp.arange(q.shape[-2]) if positions is None else positions
+      kv_pos = kv_positions if kv_positions is not None else (
+          pos if self_attention else jnp.arange(k.shape[-2]))
+      q, k = rotate(q, pos), rotate(k, kv_pos)
     rate = 0.0 if deterministic else self.dropout_rate
     rng = self.make_rng("dropout") if rate > 0 else None
     sow = self.sow_weights and self.is_mutable_collection("intermediates")
     want = sow or return_weights
     res = F.attention(q, k, v, mask=mask, bias=bias, valid_lens=valid_lens, is_causal=is_causal,
+                      window=window, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
+                      softcap=self.softcap, alibi_slopes=alibi,
                       dropout_rate=rate, dropout_rng=rng, return_weights=want,
                       implementation=None if want else self.implementation)
     weights = None
@@ -117,27 +176,46 @@ class MultiHeadAttention(nn.Module):
     out = F.project_out(res, p["W_o"], p.get("b_o"))
     return (out, weights) if return_weights else out
 
-  def _update_cache(self, k: jax.Array, v: jax.Array):
-    """Writes the new keys/values at the cache index; returns the full cache and its mask.
+  def _cache_index(self) -> jax.Array:
+    """The cache slot of the first new token (0 while `init` creates the cache)."""
+    if not self.has_variable("cache", "cache_index"):
+      return jnp.array(0, jnp.int32)
+    return self.get_variable("cache", "cache_index")
 
-    k, v: [batch, heads, new_len, head_dim]. Returns keys/values [batch, heads, max_len, d]
-    and a bool mask [new_len, max_len] (causal within the new tokens, nothing past them).
+  def _update_cache(self, k: jax.Array, v: jax.Array):
+    """Writes the new keys/values at the cache index; returns the full cache.
+
+    k, v: [batch, kv_heads, new_len, head_dim]. Returns keys/values [batch, kv_heads,
+    max_len, head_dim] (at `init`, with the full-length input: k and v themselves).
     """
     initializing = not self.has_variable("cache", "cached_key")
     ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
     cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
     idx = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
-    max_len = ck.value.shape[-2]
-    new_len = k.shape[-2]
     if initializing:  # `init` call with the full-length input: ordinary causal attention
-      return k, v, F.causal_mask(new_len, max_len)
+      return k, v
     i = idx.value
     zero = jnp.array(0, jnp.int32)
     ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (zero, zero, i, zero))
     cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (zero, zero, i, zero))
-    idx.value = i + new_len
-    mask = (jnp.arange(new_len)[:, None] + i) >= jnp.arange(max_len)[None, :]
-    return ck.value, cv.value, mask
+    idx.value = i + k.shape[-2]
+    return ck.value, cv.value
+
+
+POSITIONS = ("none", "rope", "alibi")
+
+
+def _head_axis(pos: jax.Array) -> jax.Array:
+  """RoPE positions [batch, len] -> [batch, 1, len] (broadcast over heads); [len] as is."""
+  pos = jnp.asarray(pos)
+  return pos[:, None, :] if pos.ndim == 2 else pos
+
+
+def _left(window) -> int | None:
+  """The left extent of a layer's `window` (None: unbounded)."""
+  if window is None:
+    return None
+  return window if isinstance(window, int) else window[0]
 
 
 def _additive_params(module: nn.Module, d_q: int, d_k: int | None,
