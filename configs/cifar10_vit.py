@@ -1,5 +1,5 @@
-"""A small ViT (7 layers, width 384, 12 heads, patch 4) on CIFAR-10, 200 epochs (the anchor's recipe
-apart from AutoAugment: random crop + flip, label smoothing 0.1, AdamW, cosine).
+"""A small ViT (7 layers, width 384, 12 heads, patch 4) on CIFAR-10, 200 epochs: the anchor's recipe
+(random crop + flip, the CIFAR-10 AutoAugment policy, label smoothing 0.1, AdamW, cosine).
 
     python -m experiments.train --config configs/cifar10_vit.py --workdir runs/cifar10_vit
 
@@ -27,6 +27,7 @@ def get_config():
   c.data.std = (0.2470, 0.2435, 0.2616)
   c.data.crop_padding = 4
   c.data.flip = True
+  c.data.augment_policy = "autoaugment"   # attn_jax.data.autoaugment: the CIFAR-10 policy
   c.optim.name = "adamw"
   c.optim.learning_rate = 1e-3
   c.optim.weight_decay = 0.05

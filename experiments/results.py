@@ -1,7 +1,7 @@
 """Markdown results table from run directories.
 
     python -m experiments.results runs/fmnist_vit runs/m30k_tr_de_en ...   # or: runs/*
-    python -m experiments.results --out docs/results.md runs/*
+    python -m experiments.results --out docs/results.md --curves docs/figures/curves runs/*
 
 Reads each run's `run.json` (written by the training loop: config, parameter count, steps,
 training wall time over all resumptions, hardware, command) and any `eval_<split>.json`
@@ -9,10 +9,14 @@ written by `experiments.evaluate` (BLEU, perplexity). One row per run: model, pa
 dataset, metric, measured value, published anchor, whether the anchor is met, steps,
 epochs, wall time, hardware and the commands that produced it.
 
+With `--curves DIR` each run also gets `DIR/<run>.png`: train loss and the validation metric
+against steps and training wall time (`attn_jax.analysis.curves`).
+
 Classification rows report the final eval accuracy on `config.data.eval_split` (the test
 split in every shipped config; never the best-of-many on test). Translation rows report
-the lower-cased sacrebleu BLEU of the newest `eval_<split>.json` whose split is not `val`
-(the test split), with cased BLEU and perplexity beside it.
+the lower-cased sacrebleu BLEU of the `eval_<split>*.json` files whose split is not `val`
+(the test split): the widest beam is the measured value, cased BLEU, perplexity, the greedy
+BLEU and the checkpoint-selection rule (`evaluate --select`) go beside it.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from typing import Any
 from absl import app, flags
 
 _OUT = flags.DEFINE_string("out", "", "Also write the table to this markdown file.")
+_CURVES = flags.DEFINE_string("curves", "", "Write one learning-curve PNG per run here.")
 
 
 def _load(path: str) -> dict[str, Any] | None:
@@ -67,12 +72,25 @@ def _dataset(d: dict[str, Any]) -> str:
   return name + (f" ({', '.join(extra)})" if extra else "")
 
 
-def _test_eval(workdir: str) -> dict[str, Any] | None:
-  """The newest eval_<split>.json not on the validation split."""
-  files = [p for p in glob.glob(os.path.join(workdir, "eval_*.json"))
-           if not p.endswith("eval_val.json")]
-  files.sort(key=os.path.getmtime)
-  return _load(files[-1]) if files else None
+def _test_evals(workdir: str) -> list[dict[str, Any]]:
+  """The eval_<split>*.json not on the validation split, widest beam first (then newest)."""
+  files = sorted(glob.glob(os.path.join(workdir, "eval_*.json")), key=os.path.getmtime,
+                 reverse=True)
+  evals = [e for e in map(_load, files) if e and e.get("split") != "val"]
+  return sorted(evals, key=lambda e: -e.get("beam", 1))
+
+
+def _bleu_notes(test: dict[str, Any], others: list[dict[str, Any]]) -> str:
+  notes = [f"cased BLEU {test.get('bleu', 0):.1f}", f"ppl {test.get('eval_perplexity', 0):.1f}",
+           f"beam {test.get('beam', 1)}"]
+  greedy = next((e for e in others if e.get("beam", 1) == 1 and e.get("split") == test.get("split")
+                 and e.get("step") == test.get("step")), None)
+  if greedy is not None and test.get("beam", 1) > 1:
+    notes.append(f"greedy {greedy['bleu_lower']:.1f}")
+  sel = test.get("selected_by")
+  notes.append(f"step {test.get('step')}" + (
+      f" best {sel['split']} {sel['metric']} ({sel['value']:.1f})" if sel else ""))
+  return ", ".join(notes)
 
 
 def row(workdir: str) -> dict[str, Any] | None:
@@ -95,14 +113,14 @@ def row(workdir: str) -> dict[str, Any] | None:
        "extra": ""}
   metric = anchor.get("metric", "accuracy")
   if metric == "bleu_lower":
-    test = _test_eval(workdir)
-    if test is None:
+    evals = _test_evals(workdir)
+    if not evals:
       r.update(metric="BLEU (lower)", value=None, extra="not evaluated on test yet")
     else:
+      test = evals[0]
       r.update(metric=f"BLEU lc, {test.get('split')}", value=test.get("bleu_lower"),
-               extra=f"cased BLEU {test.get('bleu', 0):.1f}, ppl {test.get('eval_perplexity', 0):.1f}"
-                     f", beam {test.get('beam', 1)}")
-      commands.append(test.get("command", ""))
+               extra=_bleu_notes(test, evals[1:]))
+      commands.extend(e.get("command", "") for e in evals)
   elif metric == "error":
     acc = ev.get("eval_accuracy")
     r.update(metric=f"error %, {cfg['data'].get('eval_split')}",
@@ -127,17 +145,14 @@ def _fmt(v, spec: str) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
   """Markdown: one row per run, commands listed under the table."""
   head = ("| run | model | params | dataset | metric | measured | anchor | met | steps (planned) "
-          "| epochs | wall time | notes |")
+          "| epochs | wall time | hardware | notes |")
   lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
   for r in rows:
     steps = f"{r['steps']:,}" + (f" ({r['planned']:,})" if r["planned"] != r["steps"] else "")
     lines.append(
         f"| {r['run']} | {r['model']} | {r['params'] / 1e6:.2f}M | {r['dataset']} | {r['metric']} "
         f"| {_fmt(r['value'], '.2f')} | {_fmt(r['anchor'], '.1f')} | {r['met']} | {steps} "
-        f"| {_fmt(r['epochs'], '.1f')} | {r['wall_min']:.0f} min | {r['extra']} |")
-  hw = sorted({r["hardware"] for r in rows})
-  lines.append("")
-  lines.append("Hardware: " + "; ".join(hw) + ".")
+        f"| {_fmt(r['epochs'], '.1f')} | {r['wall_min']:.0f} min | {r['hardware']} | {r['extra']} |")
   lines.append("")
   lines.append("Anchors: " + "; ".join(sorted({f"{r['anchor_source']}" for r in rows
                                                 if r["anchor_source"]})) + ".")
@@ -155,6 +170,13 @@ def main(argv: list[str]) -> None:
   rows = [r for r in (row(d) for d in dirs) if r is not None]
   if not rows:
     raise app.UsageError(f"no run.json in {dirs}; train with experiments.train first.")
+  if _CURVES.value:
+    from attn_jax.analysis.curves import plot_curves, read_curves
+    for d in dirs:
+      name, path = os.path.basename(d.rstrip("/")), os.path.join(d, "metrics.jsonl")
+      if os.path.exists(path) and os.path.exists(os.path.join(d, "run.json")):
+        print("wrote", plot_curves(read_curves(path), os.path.join(_CURVES.value, f"{name}.png"),
+                                   title=name))
   text = table(rows)
   print(text)
   if _OUT.value:

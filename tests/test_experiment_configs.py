@@ -98,6 +98,11 @@ def shrink(config, data_path: str):
 
 
 def _data_path(config, tiny_data) -> str:
+  if config.data.source == "text":   # the language model: the tiny Multi30k English side
+    root = tiny_data["multi30k"]
+    config.data.train_files, config.data.eval_files = f"{root}/train.en", f"{root}/val.en"
+    config.data.seq_len = 32
+    return ""
   if config.data.source == "task":
     return ""
   return tiny_data["multi30k" if config.data.source == "multi30k" else config.data.name]
@@ -116,7 +121,8 @@ def test_config_validates_and_its_model_builds(name, arg, tiny_data):
   inputs = task.inputs(batch)
   shapes = jax.eval_shape(lambda *x: model.init({"params": jax.random.key(0)}, *x), *inputs)
   logits = jax.eval_shape(lambda v, *x: model.apply(v, *x), shapes, *inputs)
-  n_out = data.info["num_classes"] if task.data_kind == "image" else data.info["tgt_vocab"]
+  n_out = {"image": "num_classes", "lm": "vocab_size"}.get(task.data_kind, "tgt_vocab")
+  n_out = data.info[n_out]
   assert logits.shape[-1] == n_out
   if config.anchor.metric:                       # every experiment names its published anchor
     assert config.anchor.source

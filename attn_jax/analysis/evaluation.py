@@ -4,9 +4,12 @@ Classification: loss and accuracy over the whole eval split (padded, masked).
 Seq2seq: teacher-forced loss / token accuracy, plus greedy decoding
 (`attn_jax.seq.decoding.greedy_decode`) scored against the references with
 sacrebleu's corpus BLEU on detokenized text, and the exact-match rate.
+`select_checkpoint` picks the kept checkpoint with the best decoded validation metric
+(e.g. BLEU), the model-selection rule of the translation results.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -103,3 +106,55 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, decode: b
                                     beam_size=beam_size))
   metrics["split"] = config.data.eval_split
   return metrics
+
+
+def select_checkpoint(config, workdir: str, metric: str = "bleu_lower", split: str = "val",
+                      beam_size: int = 1, progress=print) -> dict[str, Any]:
+  """Scores every kept checkpoint of `workdir` on `split` and returns the best by `metric`.
+
+  metric: a key of `decode_and_score` (seq2seq: 'bleu_lower', 'bleu', 'decoded_exact_match';
+  higher is better) or of the teacher-forced eval ('eval_accuracy'). One setup serves all
+  checkpoints. The scores are written to `<workdir>/selection_<split>.json` and reused
+  while the set of checkpoints is unchanged. Returns {'metric', 'split', 'beam',
+  'scores': {step: value}, 'best_step'}.
+  """
+  out_path = os.path.join(workdir, f"selection_{split}.json")
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.data.eval_split = split
+  runconfig.check(config, workdir, "evaluate")
+  ckpt = ckpt_lib.Checkpointer(workdir, config.keep_checkpoints, config.best_metric,
+                               config.best_mode, async_save=False)
+  try:
+    steps = sorted(ckpt.all_steps())
+    if not steps:
+      raise CheckpointError(f"{workdir}/checkpoints: no checkpoint to select from.")
+    if os.path.exists(out_path):
+      with open(out_path) as f:
+        cached = json.load(f)
+      if (cached.get("metric"), cached.get("beam"), sorted(map(int, cached.get("scores", {})))) \
+          == (metric, beam_size, steps):
+        return {**cached, "scores": {int(k): v for k, v in cached["scores"].items()}}
+    s = loop.setup(config, workdir)
+    eval_step = s.strategy.compile_eval(step_lib.make_eval_step(
+        s.model, s.task, config.label_smoothing, "data" if s.strategy.name == "pmap" else None))
+    scores = {}
+    for step in steps:
+      state, _, _ = ckpt.restore(s.abstract_state(), step)
+      m = loop.evaluate(s.strategy, eval_step, s.strategy.from_checkpoint(state),
+                        s.data.eval_batches())
+      if isinstance(s.task, Seq2SeqTask):
+        m.update(decode_and_score(s.model, jax.device_get(state), s.data, beam_size=beam_size))
+      if metric not in m:
+        raise KeyError(f"metric '{metric}' is not reported for this model; one of "
+                       f"{sorted(k for k in m if k != 'examples')}.")
+      scores[step] = float(m[metric])
+      progress(f"{split} {metric} at step {step}: {scores[step]:.2f}")
+  finally:
+    ckpt.close()
+  best = max(scores, key=lambda k: (scores[k], k))   # ties: the later checkpoint
+  result = {"metric": metric, "split": split, "beam": beam_size, "scores": scores,
+            "best_step": best}
+  with open(out_path, "w") as f:
+    json.dump(result, f, indent=1)
+  return result

@@ -211,10 +211,11 @@ def random_affine(img: np.ndarray, rng: np.random.Generator, rotate: float = 0.0
 
 def image_preprocess(mean: Sequence[float], std: Sequence[float], *, crop_padding: int = 0,
                      flip: bool = False, rotate: float = 0.0, translate: int = 0, canvas: int = 0,
-                     train: bool = True):
+                     policy: str = "", train: bool = True):
   """Returns `f(example[, rng])`: optional random rotation/translation on a canvas (train and
-  eval: it defines the task), random crop with zero padding and horizontal flip (train only),
-  then `(x / 255 - mean) / std` -> float32 [h, w, c].
+  eval: it defines the task), random crop with zero padding, horizontal flip and an
+  augmentation policy (`attn_jax.data.autoaugment`: 'autoaugment', 'randaugment-n2-m9';
+  train only), then `(x / 255 - mean) / std` -> float32 [h, w, c].
 
   For eval the affine warp of each image is drawn from a generator seeded by the image's
   bytes, so the test set is the same fixed set of warped images in every run and order.
@@ -222,6 +223,8 @@ def image_preprocess(mean: Sequence[float], std: Sequence[float], *, crop_paddin
   mean = np.asarray(mean, np.float32)
   std = np.asarray(std, np.float32)
   warp = bool(rotate or translate or canvas)
+  from attn_jax.data.autoaugment import policy_transform
+  augment_policy = policy_transform(policy)
 
   def normalize(img: np.ndarray, label) -> Example:
     img = np.asarray(img, np.float32) / 255.0
@@ -247,6 +250,8 @@ def image_preprocess(mean: Sequence[float], std: Sequence[float], *, crop_paddin
       img = padded[dy:dy + h, dx:dx + w]
     if flip and rng.random() < 0.5:
       img = img[:, ::-1]
+    if augment_policy is not None:
+      img = augment_policy(np.ascontiguousarray(img), rng)
     return normalize(img, ex["label"])
 
   return augment

@@ -11,6 +11,7 @@ batching, process sharding) is shared:
 | `pairs` | two aligned text files per split | `train_files`, `eval_files` ("src,tgt") |
 | `tsv` | a tab-separated file per split | `train_files`, `eval_files`, `src_column`, `tgt_column` |
 | `task` | a generated task of `attn_jax.data.tasks` | `name`, `num_train`, `num_eval` |
+| `text` | one text file per split, a sentence a line (language models) | `train_files`, `eval_files`, `seq_len`, `pack` |
 """
 from __future__ import annotations
 
@@ -25,14 +26,16 @@ from attn_jax.data import text as T
 
 IMAGE_SOURCES = ("tfds", "local")
 TEXT_SOURCES = ("multi30k", "pairs", "tsv", "task")
+LM_SOURCES = ("text",)
 
 
 @dataclasses.dataclass
 class Data:
   """What the runner gets from `build`.
 
-  kind: 'image' (batches {'image': [b, h, w, c] f32, 'label': [b] i32}) or 'seq'
-    (batches {'src': [b, S], 'tgt_in': [b, T], 'tgt_out': [b, T]} i32).
+  kind: 'image' (batches {'image': [b, h, w, c] f32, 'label': [b] i32}), 'seq'
+    (batches {'src': [b, S], 'tgt_in': [b, T], 'tgt_out': [b, T]} i32) or 'lm' (batches
+    {'inputs', 'targets', 'segment_ids', 'positions'}: [b, seq_len] i32, see `packing`).
   train: this process's share of every global training batch (resumable).
   eval_batches: `() -> iterator` over the eval split, padded + `mask` [b].
   info: num_classes / image_shape, or src_vocab / tgt_vocab and the tokenizers.
@@ -128,7 +131,8 @@ def build(config, process_index: int = 0, process_count: int = 1) -> Data:
     mean = list(cfg.mean) if cfg.mean else [0.5] * shape[-1]
     std = list(cfg.std) if cfg.std else [0.5] * shape[-1]
     warp = dict(rotate=cfg.rotate, translate=cfg.translate, canvas=cfg.canvas)
-    aug = P.image_preprocess(mean, std, crop_padding=cfg.crop_padding, flip=cfg.flip, **warp)
+    aug = P.image_preprocess(mean, std, crop_padding=cfg.crop_padding, flip=cfg.flip,
+                             policy=cfg.get("augment_policy", ""), **warp)
     plain = P.image_preprocess(mean, std, train=False, **warp)
     train = P.TrainStream(P.train_dataset(train_src, seed, aug), config.batch_size, **shard)
     num_classes = cfg.num_classes or count_classes(train_src)
@@ -138,8 +142,11 @@ def build(config, process_index: int = 0, process_count: int = 1) -> Data:
                                      max_examples=cfg.max_eval_examples or None, **shard)
     return Data("image", train, eval_fn, info)
 
+  if cfg.source in LM_SOURCES:
+    return _lm_data(config, shard)
   if cfg.source not in TEXT_SOURCES:
-    raise ValueError(f"data.source must be one of {IMAGE_SOURCES + TEXT_SOURCES}, got '{cfg.source}'.")
+    raise ValueError(f"data.source must be one of {IMAGE_SOURCES + TEXT_SOURCES + LM_SOURCES}, "
+                     f"got '{cfg.source}'.")
   if cfg.source == "task":
     train_ex, vocab = task_examples(cfg.name, cfg.num_train, seed)
     # A different seed stream for eval; the generator may repeat a few training examples.
@@ -163,8 +170,15 @@ def build(config, process_index: int = 0, process_count: int = 1) -> Data:
 
     train_ex, eval_ex = encode(train_pairs), encode(eval_pairs)
   collate = P.seq_collate(cfg.buckets)
-  train = P.TrainStream(P.train_dataset(train_ex, seed), config.batch_size, collate,
-                        needs_global=True, **shard)
+  if cfg.pack:   # training rows of the longest bucket, several pairs each; eval stays padded
+    from attn_jax.data import packing
+    order = np.random.default_rng(seed).permutation(len(train_ex))
+    rows = packing.pack_pairs([train_ex[i] for i in order], max(cfg.buckets), max(cfg.buckets))
+    train = P.TrainStream(P.train_dataset(packing.rows_as_examples(rows), seed),
+                          config.batch_size, **shard)
+  else:
+    train = P.TrainStream(P.train_dataset(train_ex, seed), config.batch_size, collate,
+                          needs_global=True, **shard)
   eval_fn = lambda: P.eval_batches(eval_ex, config.eval_batch_size, collate, needs_global=True,
                                    max_examples=cfg.max_eval_examples or None, **shard)
   info = {"src_vocab": sizes[0], "tgt_vocab": sizes[1], "src_tokenizer": src_tok,
@@ -173,3 +187,32 @@ def build(config, process_index: int = 0, process_count: int = 1) -> Data:
     info["eval_text"] = eval_pairs   # raw (src, tgt) sentences, in eval order, for BLEU
     info["bleu_ceiling"] = ceiling
   return Data("seq", train, eval_fn, info)
+
+
+def _lm_data(config, shard: dict) -> Data:
+  """`text` source: sentences -> (packed) rows for a decoder-only language model."""
+  from attn_jax.data import packing
+  cfg = config.data
+  for key in ("train_files", "eval_files"):
+    if not cfg.get(key):
+      raise ValueError(f"data.{key} must name a text file for data.source='text'.")
+  train_text, eval_text = T.read_lines(cfg.train_files), T.read_lines(cfg.eval_files)
+  tok = T.fit_tokenizer(cfg.tokenizer, train_text, min_freq=cfg.min_freq,
+                        vocab_size=cfg.vocab_size)
+
+  def rows(text: list[str], order_seed: int | None):
+    pairs = packing.lm_pairs([tok.encode(t) for t in text], cfg.seq_len)
+    if order_seed is not None:   # which sentences share a row: fixed by the seed
+      pairs = [pairs[i] for i in np.random.default_rng(order_seed).permutation(len(pairs))]
+    return packing.pack_rows(pairs, cfg.seq_len, pack=cfg.pack)
+
+  train_rows, eval_rows = rows(train_text, config.seed), rows(eval_text, None)
+  train = P.TrainStream(P.train_dataset(packing.rows_as_examples(train_rows), config.seed),
+                        config.batch_size, **shard)
+  eval_ex = packing.rows_as_examples(eval_rows)
+  eval_fn = lambda: P.eval_batches(eval_ex, config.eval_batch_size,
+                                   max_examples=cfg.max_eval_examples or None, **shard)
+  info = {"vocab_size": tok.vocab_size, "tokenizer": tok, "num_train": len(train_text),
+          "num_eval": len(eval_text), "train_rows": len(train_rows["inputs"]),
+          "fill_rate": packing.fill_rate(train_rows), "eval_text": eval_text}
+  return Data("lm", train, eval_fn, info)

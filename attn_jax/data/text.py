@@ -146,6 +146,30 @@ class SentencePieceTokenizer:
     return self.sp.decode([i for i in _until_eos(ids) if i != PAD and i != BOS])
 
 
+class CharTokenizer:
+  """One id per character (case kept); characters seen fewer than `min_freq` times -> UNK."""
+
+  def __init__(self, chars: Sequence[str]):
+    self.itos = list(SPECIALS) + list(chars)
+    self.stoi = {c: i for i, c in enumerate(self.itos) if i >= len(SPECIALS)}
+
+  @classmethod
+  def fit(cls, texts: Iterable[str], min_freq: int = 1):
+    counts = collections.Counter(c for t in texts for c in t)
+    return cls(sorted(c for c, n in counts.items() if n >= min_freq))
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.itos)
+
+  def encode(self, text: str) -> list[int]:
+    return [self.stoi.get(c, UNK) for c in text]
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Ids -> text; stops at the first EOS and drops PAD and BOS."""
+    return "".join(self.itos[i] for i in _until_eos(ids) if i != PAD and i != BOS)
+
+
 _NO_SPACE_BEFORE = re.compile(r" ([.,!?;:%)\]}])")
 _CLITIC = re.compile(r" ' (s|t|re|ve|ll|d|m)\b")
 
@@ -189,9 +213,11 @@ def roundtrip_bleu(tokenizer, references: Sequence[str]) -> float | None:
 
 
 def fit_tokenizer(kind: str, texts: Sequence[str], *, min_freq: int = 2, vocab_size: int = 8000):
-  """`kind` in {'word', 'sentencepiece'}; fit on training texts only."""
+  """`kind` in {'word', 'sentencepiece', 'char'}; fit on training texts only."""
   if kind == "word":
     return WordTokenizer.fit(texts, min_freq=min_freq)
+  if kind == "char":
+    return CharTokenizer.fit(texts, min_freq=min_freq)
   if kind == "sentencepiece":
     return SentencePieceTokenizer.fit(texts, vocab_size=vocab_size)
-  raise ValueError(f"data.tokenizer must be 'word' or 'sentencepiece', got '{kind}'.")
+  raise ValueError(f"data.tokenizer must be 'word', 'sentencepiece' or 'char', got '{kind}'.")

@@ -19,7 +19,7 @@ key/value cache: `init_decode_state` + `decode_step` run one token at a time (us
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -29,6 +29,14 @@ from attn_jax import functional as F
 from attn_jax.layers import MlpBlock, MultiHeadAttention, run_stack
 from attn_jax.seq.seq2seq import source_lengths
 from attn_jax.tokens import PAD
+
+class Packing(NamedTuple):
+  """Packed rows (`attn_jax.data.packing.pack_pairs`): int32 [batch, src_len] / [batch, tgt_len]."""
+  src_segments: jax.Array
+  tgt_segments: jax.Array
+  src_positions: jax.Array
+  tgt_positions: jax.Array
+
 
 # torch.nn.Linear's default initialisation family (what the torch Transformer uses)
 _DENSE = dict(kernel_init=nn.initializers.lecun_normal(), bias_init=nn.initializers.zeros_init())
@@ -45,13 +53,21 @@ class _Layer(nn.Module):
   sow_weights: bool = True
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  num_kv_heads: int | None = None
+  window: Any = None            # self-attention only
+  softcap: float | None = None
+  rope: bool = False            # rotary positions in self-attention
 
   def _kw(self) -> dict:
     return dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
-  def _attn(self, name: str, decode: bool = False) -> MultiHeadAttention:
+  def _attn(self, name: str, decode: bool = False, self_attention: bool = True
+            ) -> MultiHeadAttention:
+    extra = dict(window=self.window, position="rope" if self.rope else "none") \
+        if self_attention else {}
     return MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout_rate,
                               decode=decode, sow_weights=self.sow_weights, name=name,
+                              num_kv_heads=self.num_kv_heads, softcap=self.softcap, **extra,
                               **self._kw())
 
   def _sublayer(self, x, f, norm_name: str, train: bool):
@@ -68,13 +84,16 @@ class _Layer(nn.Module):
 
 
 class EncoderLayer(_Layer):
-  """Self-attention + feed-forward. x: [batch, len, width], src_lens: [batch] -> same shape."""
+  """Self-attention + feed-forward. x: [batch, len, width], src_lens: [batch], segments:
+  [batch, len] int segment ids or None (packed rows) -> [batch, len, width]."""
 
   @nn.compact
   def __call__(self, x: jax.Array, src_lens: jax.Array | None = None,
+               segments: jax.Array | None = None, positions: jax.Array | None = None,
                train: bool = False) -> jax.Array:
     sa = self._attn("self_attn")
-    x, _ = self._sublayer(x, lambda h: (sa(h, valid_lens=src_lens, deterministic=not train),
+    x, _ = self._sublayer(x, lambda h: (sa(h, valid_lens=src_lens, q_segment_ids=segments,
+                                           positions=positions, deterministic=not train),
                                         None), "ln1", train)
     return self._mlp(x, "ln2", train)
 
@@ -82,7 +101,9 @@ class EncoderLayer(_Layer):
 class DecoderLayer(_Layer):
   """Causal self-attention (cached when `decode`), cross-attention, feed-forward.
 
-  x: [batch, tgt_len, width]; memory: [batch, src_len, width]; src_lens: [batch]
+  x: [batch, tgt_len, width]; memory: [batch, src_len, width]; src_lens: [batch];
+  tgt_segments [batch, tgt_len] / src_segments [batch, src_len]: int segment ids or None
+  (packed rows: attend within the own segment, cross-attend to the same segment)
   -> (x, cross-attention weights [batch, heads, tgt_len, src_len] with `return_weights`,
   which takes the reference attention path for the cross-attention; else None).
   """
@@ -90,13 +111,17 @@ class DecoderLayer(_Layer):
 
   @nn.compact
   def __call__(self, x: jax.Array, memory: jax.Array, src_lens: jax.Array | None = None,
-               train: bool = False, return_weights: bool = False):
-    sa, ca = self._attn("self_attn", self.decode), self._attn("cross_attn")
-    x, _ = self._sublayer(x, lambda h: (sa(h, is_causal=True, deterministic=not train), None),
-                          "ln1", train)
+               tgt_segments: jax.Array | None = None, src_segments: jax.Array | None = None,
+               positions: jax.Array | None = None, train: bool = False,
+               return_weights: bool = False):
+    sa, ca = self._attn("self_attn", self.decode), self._attn("cross_attn", self_attention=False)
+    x, _ = self._sublayer(x, lambda h: (sa(h, is_causal=True, q_segment_ids=tgt_segments,
+                                           positions=positions, deterministic=not train),
+                                        None), "ln1", train)
 
     def cross(h):
-      out = ca(h, memory, valid_lens=src_lens, deterministic=not train,
+      out = ca(h, memory, valid_lens=src_lens, q_segment_ids=tgt_segments,
+               kv_segment_ids=src_segments, deterministic=not train,
                return_weights=return_weights)
       return out if return_weights else (out, None)
 
@@ -139,7 +164,11 @@ class Transformer(nn.Module):
       path: the fast kernels have no dropout; torch's layers use `dropout_rate` here).
     pre_ln: pre-LN (True) or the original post-LN (False).
     activation: 'relu' | 'gelu'.
-    positions: 'sinusoidal' | 'learned' (learned: [max_len, width], N(0, 0.02)).
+    positions: 'sinusoidal' | 'learned' (learned: [max_len, width], N(0, 0.02)) added to the
+      embeddings, or 'rope' (rotary positions in every self-attention, nothing added).
+    num_kv_heads: key/value heads (grouped-query attention; None = num_heads).
+    window: sliding window (left, right) of the self-attention (None = full; the decoder
+      is causal either way). softcap: attention-logit soft-cap (None = off).
     share_embeddings: one embedding table for source and target (needs equal vocabularies).
     max_len: longest source / target sequence.
     pad_id: padding id; source lengths are counted from it unless given.
@@ -172,6 +201,9 @@ class Transformer(nn.Module):
   param_dtype: Any = jnp.float32
   scan_layers: bool = False
   remat: str = "none"
+  num_kv_heads: int | None = None
+  window: Any = None
+  softcap: float | None = None
 
   def setup(self):
     if self.share_embeddings and self.src_vocab != self.tgt_vocab:
@@ -186,11 +218,16 @@ class Transformer(nn.Module):
                                   (self.max_len, self.width), self.param_dtype)
     elif self.positions == "sinusoidal":
       self.pos_table = F.sinusoidal_positions(self.max_len, self.width)
+    elif self.positions == "rope":
+      self.pos_table = jnp.zeros((self.max_len, self.width), jnp.float32)   # rotary instead
     else:
-      raise ValueError(f"positions must be 'sinusoidal' or 'learned', got {self.positions!r}.")
+      raise ValueError(f"positions must be 'sinusoidal', 'learned' or 'rope', got "
+                       f"{self.positions!r}.")
     layer = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
                  attention_dropout_rate=self.attention_dropout_rate, pre_ln=self.pre_ln,
-                 activation=self.activation, sow_weights=self.sow_weights, **kw)
+                 activation=self.activation, sow_weights=self.sow_weights,
+                 num_kv_heads=self.num_kv_heads, window=self.window, softcap=self.softcap,
+                 rope=self.positions == "rope", **kw)
     stack = dict(final_norm=self.pre_ln, scan=self.scan_layers, remat=self.remat)
     self.encoder = _Stack(layer, False, self.encoder_depth or self.depth, **stack)
     self.decoder = _Stack({**layer, "decode": self.decode}, True,
@@ -198,40 +235,54 @@ class Transformer(nn.Module):
     self.drop = nn.Dropout(self.dropout_rate)
     self.out = nn.Dense(self.tgt_vocab, **kw)
 
-  def _embed(self, table: nn.Embed, tokens: jax.Array, offset, train: bool) -> jax.Array:
-    """tokens [batch, len] at positions offset.. -> [batch, len, width] (scaled by sqrt(width))."""
+  def _embed(self, table: nn.Embed, tokens: jax.Array, offset, train: bool,
+             positions: jax.Array | None = None) -> jax.Array:
+    """tokens [batch, len] at positions offset.. (or at `positions` [batch, len]) ->
+    [batch, len, width] (scaled by sqrt(width))."""
     if tokens.shape[1] > self.max_len:
       raise ValueError(f"Transformer: sequence length {tokens.shape[1]} > max_len={self.max_len}.")
-    pos = jax.lax.dynamic_slice_in_dim(self.pos_table, offset, tokens.shape[1])
+    if positions is not None:
+      pos = jnp.take(self.pos_table, positions, axis=0)
+    else:
+      pos = jax.lax.dynamic_slice_in_dim(self.pos_table, offset, tokens.shape[1])
     x = table(tokens) * math.sqrt(self.width) + pos.astype(self.dtype or jnp.float32)
     return self.drop(x, deterministic=not train)
 
-  def encode(self, src: jax.Array, src_lens: jax.Array | None = None, train: bool = False):
+  def encode(self, src: jax.Array, src_lens: jax.Array | None = None, train: bool = False,
+             packed: Packing | None = None):
     """src: [batch, src_len] -> (memory [batch, src_len, width], src_lens [batch])."""
     lens = source_lengths(src, src_lens, self.pad_id)
-    x = self._embed(self.src_embed, src, 0, train)
-    return self.encoder(x, lens, train=train), lens
+    pos, seg = (None, None) if packed is None else (packed.src_positions, packed.src_segments)
+    x = self._embed(self.src_embed, src, 0, train, pos)
+    return self.encoder(x, lens, seg, pos, train=train), lens
 
   def run_decoder(self, tgt_in: jax.Array, memory: jax.Array, src_lens: jax.Array,
-                  train: bool = False, offset=0, return_weights: bool = False):
+                  train: bool = False, offset=0, return_weights: bool = False,
+                  packed: Packing | None = None):
     """tgt_in: [batch, tgt_len] at positions offset.. -> (logits [batch, tgt_len, tgt_vocab]
     float32, the last layer's cross-attention [batch, heads, tgt_len, src_len] or None
     without `return_weights`)."""
     table = self.src_embed if self.share_embeddings else self.tgt_embed
-    x = self._embed(table, tgt_in, offset, train)
-    x, w = self.decoder(x, memory, src_lens, train=train, return_weights=return_weights)
+    pos, tgt_seg, src_seg = (None, None, None) if packed is None else (
+        packed.tgt_positions, packed.tgt_segments, packed.src_segments)
+    x = self._embed(table, tgt_in, offset, train, pos)
+    x, w = self.decoder(x, memory, src_lens, tgt_seg, src_seg, pos, train=train,
+                        return_weights=return_weights)
     return self.out(x).astype(jnp.float32), w
 
   def __call__(self, src: jax.Array, tgt_in: jax.Array, src_lens: jax.Array | None = None,
-               train: bool = False) -> jax.Array:
+               train: bool = False, packed: Packing | None = None) -> jax.Array:
     """Teacher forcing. src: [batch, src_len]; tgt_in: [batch, tgt_len] (BOS first).
 
+    packed: segment ids and per-segment positions of packed rows (`attn_jax.data.packing`):
+    each target segment attends (causally) to itself and to its own source segment.
     Returns logits [batch, tgt_len, tgt_vocab] (float32). With 'intermediates' mutable, also
     sows the last decoder layer's 'cross_attention' [batch, heads, tgt_len, src_len].
     """
-    memory, lens = self.encode(src, src_lens, train)
+    memory, lens = self.encode(src, src_lens, train, packed)
     want = self.is_mutable_collection("intermediates")
-    logits, w = self.run_decoder(tgt_in, memory, lens, train, return_weights=want)
+    logits, w = self.run_decoder(tgt_in, memory, lens, train, return_weights=want,
+                                 packed=packed)
     if want:
       self.sow("intermediates", "cross_attention", w)
     return logits

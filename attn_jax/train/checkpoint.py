@@ -1,8 +1,10 @@
 """Orbax checkpoints: train state + data iterator state, last K plus the best.
 
-A checkpoint holds `state` (the TrainState as host arrays, identical on every
-process) and `data` (the iterator state, JSON), so a resumed run continues with
-exactly the batches it would have seen. Orbax writes to a temporary folder and
+A checkpoint holds `state` (the TrainState: the global arrays of `strategy=jit`, each
+shard written by the process that holds it and never gathered on one host; host arrays
+under pmap) and `data` (the iterator state, JSON), so a resumed run continues with exactly
+the batches it would have seen. A state restores into the shardings of the restore target
+(`abstract_state()`), whatever mesh or device count saved it. Orbax writes to a temporary folder and
 renames it when complete, so a run killed mid-save resumes from the previous one.
 
 Guarantees: `restore()` tries the newest checkpoint first; one that cannot be read is
@@ -275,17 +277,42 @@ def _preflight(directory: str, tree: Any) -> None:
                     f"free, a checkpoint needs about {need / 2**20:.1f} MiB).")
 
 
+@jax.jit
+def _all_finite(leaves: list) -> jax.Array:
+  """bool [len(leaves)]: whether each array is free of NaN/Inf. One program for all of
+  them: sharded arrays reduce with collectives, and many small collective programs in
+  flight at once can deadlock the CPU backend's simulated devices."""
+  import jax.numpy as jnp
+  return jnp.stack([jnp.isfinite(x).all() for x in leaves])
+
+
+def _device_flags(arrays: list) -> list[bool]:
+  """`_all_finite(arrays)` on this host (per array when they live on different devices)."""
+  import numpy as np
+  from jax.experimental import multihost_utils
+  if not arrays:
+    return []
+  if len({frozenset(a.sharding.device_set) for a in arrays}) > 1:
+    return [ok for a in arrays for ok in _device_flags([a])]
+  flags = _all_finite(arrays)
+  if flags.is_fully_replicated:
+    return np.asarray(flags.addressable_data(0)).tolist()
+  if flags.is_fully_addressable:
+    return np.asarray(flags).tolist()
+  return np.asarray(multihost_utils.process_allgather(flags, tiled=True)).tolist()
+
+
 def _check_finite(tree: Any) -> None:
   """Raises CheckpointError naming the first float leaf holding NaN/Inf (one device sync
-  for all device arrays, which may be sharded over hosts)."""
+  for all device arrays, which may be sharded over devices and hosts)."""
   import jax.numpy as jnp
   import numpy as np
   leaves = [(p, x) for p, x in jax.tree_util.tree_leaves_with_path(tree)
             if isinstance(x, (np.ndarray, jax.Array)) and jnp.issubdtype(x.dtype, jnp.floating)]
-  flags = [np.isfinite(x).all() if isinstance(x, np.ndarray) else jnp.isfinite(x).all()
+  on_device = [x for _, x in leaves if isinstance(x, jax.Array)]
+  device_flags = iter(_device_flags(on_device))
+  flags = [bool(np.isfinite(x).all()) if isinstance(x, np.ndarray) else bool(next(device_flags))
            for _, x in leaves]
-  flags = [bool(np.asarray(f.addressable_data(0)) if isinstance(f, jax.Array) else f)
-           for f in flags]
   for (path, _), ok in zip(leaves, flags):
     if not ok:
       raise CheckpointError(f"{jax.tree_util.keystr(path)} holds NaN/Inf")

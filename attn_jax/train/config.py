@@ -12,6 +12,8 @@ import math
 
 import ml_collections
 
+from attn_jax.data.autoaugment import policy_transform
+
 from attn_jax.train import models as M
 
 
@@ -25,22 +27,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0                    # PRNG seed of init, dropout and data order
   c.model = ml_collections.ConfigDict({"name": "mlp"})   # plus constructor kwargs
   d = c.data = ml_collections.ConfigDict()
-  d.source = "local"            # tfds | local | multi30k | pairs | tsv | task
+  d.source = "local"            # tfds | local | multi30k | pairs | tsv | task | text
   d.name = ""                   # tfds dataset or generated task name
   d.path = ""                   # local folder / tar / multi30k root
   d.data_dir = ""               # tfds data_dir ('' = tfds default)
   d.train_split = "train"       # split (tfds / local / multi30k) to train on
   d.eval_split = "test"         # split to evaluate on
-  d.train_files = ""            # 'src,tgt' (pairs) or 'file.tsv' (tsv)
+  d.train_files = ""            # 'src,tgt' (pairs), 'file.tsv' (tsv), 'file.txt[.gz]' (text)
   d.eval_files = ""             # like train_files, for the eval split
   d.src_column = 0              # tsv: column of the source sentence (0-based)
   d.tgt_column = 1              # tsv: column of the target sentence
   d.src_lang = "de"             # multi30k: source language
   d.tgt_lang = "en"             # multi30k: target language
-  d.tokenizer = "word"          # word | sentencepiece
+  d.tokenizer = "word"          # word | sentencepiece | char
   d.min_freq = 2                # word tokenizer: rarer words become <unk>
   d.vocab_size = 8000           # sentencepiece: vocabulary size
   d.buckets = (16, 32, 64)      # lengths text batches are padded to
+  d.seq_len = 128               # text (language model): tokens per row
+  d.pack = False                # pack sentences end to end in rows (segment ids): text, and
+                                # seq2seq training batches (Transformer; rows of max(buckets))
   d.num_train = 10_000          # generated tasks
   d.num_eval = 1_000            # generated tasks: eval examples
   d.max_eval_examples = 0       # 0 = the whole eval split
@@ -49,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   d.std = ()                    # image normalization std per channel; () = 0.5
   d.crop_padding = 0            # random crops after padding this many pixels
   d.flip = False                # random horizontal flips (train)
+  d.augment_policy = ""         # '' | 'autoaugment' (CIFAR-10 policy) | 'randaugment-n2-m9' (train)
   d.rotate = 0.0                # random rotation in [-rotate, rotate] degrees, train AND eval
   d.translate = 0               # random shift in [-translate, translate] pixels, train AND eval
   d.canvas = 0                  # pad images (centred) to canvas x canvas first; 0 = keep
@@ -82,6 +88,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.heatmap = True              # seq2seq: save attention.png at the end
   c.progress = "auto"           # auto | on | off
   c.progress_every_s = 60.0     # auto without a TTY: a progress line (at a log step) this often
+  c.init_from = ""              # fresh runs (not resumes): params from this checkpoint (attn_jax.pretrained)
+  c.init_from_format = "auto"   # auto | timm | big_vision: init_from's key layout
+  c.init_from_head = True       # False: a fresh classifier head even when its shape fits
+  c.freeze = ""                 # regex of param paths ('embedding/', 'block[0-5]/') not trained
   a = c.anchor = ml_collections.ConfigDict()   # the published result a results table compares to
   a.metric = ""                 # e.g. 'accuracy' (%), 'bleu_lower', 'error' (%)
   a.value = 0.0                 # the published value
@@ -92,10 +102,16 @@ def base_config() -> ml_collections.ConfigDict:
   t.num_processes = 1           # processes of a multi-host run
   t.process_id = 0              # this process's index
   t.initialize = False          # True: call jax.distributed.initialize() from the env
+  m = c.mesh = ml_collections.ConfigDict()   # strategy=jit's device mesh (train.sharding)
+  m.data = -1                   # devices splitting the batch (state replicated); -1 = the rest
+  m.fsdp = 1                    # devices splitting the batch and large params + optimizer state
+  m.model = 1                   # tensor parallel: devices splitting attention heads, MLP hidden
+  m.fsdp_min_size = 16384       # fsdp shards only parameters of at least this many elements
   return c
 
 
-_PREFIX = {"c": "", "d": "data.", "o": "optim.", "a": "anchor.", "t": "distributed."}
+_PREFIX = {"c": "", "d": "data.", "o": "optim.", "a": "anchor.", "t": "distributed.",
+           "m": "mesh."}
 
 
 def key_meanings() -> dict[str, str]:
@@ -104,7 +120,7 @@ def key_meanings() -> dict[str, str]:
   import re
   out = {}
   for line in inspect.getsource(base_config).splitlines():
-    m = re.match(r"\s*([cdoat])\.(\w+) = .*?#\s*(.*)$", line)
+    m = re.match(r"\s*([cdoatm])\.(\w+) = .*?#\s*(.*)$", line)
     if m:
       out[_PREFIX[m.group(1)] + m.group(2)] = m.group(3).strip()
   return out
@@ -121,14 +137,15 @@ def keys_help(config) -> str:
 
 
 _CHOICES = {
-    "data.source": ("tfds", "local", "multi30k", "pairs", "tsv", "task"),
-    "data.tokenizer": ("word", "sentencepiece"),
+    "data.source": ("tfds", "local", "multi30k", "pairs", "tsv", "task", "text"),
+    "data.tokenizer": ("word", "sentencepiece", "char"),
     "optim.name": ("adamw", "adam", "sgd"),
     "optim.schedule": ("cosine", "linear", "constant"),
     "dtype": ("float32", "bfloat16"),
     "strategy": ("jit", "pmap"),
     "best_mode": ("max", "min"),
     "progress": ("auto", "on", "off"),
+    "init_from_format": ("auto", "timm", "big_vision"),
 }
 
 
@@ -156,8 +173,9 @@ def _get(cfg, dotted: str):
   return cfg
 
 
-def validate(config, num_devices: int = 1) -> None:
-  """Raises ConfigError naming the key for unknown keys or impossible combinations."""
+def validate(config, num_devices: int | None = None) -> None:
+  """Raises ConfigError naming the key for unknown keys or impossible combinations
+  (those that depend on the devices only when `num_devices` is given)."""
   _check_keys(config, base_config(), "")
   for key, options in _CHOICES.items():
     if _get(config, key) not in options:
@@ -173,22 +191,65 @@ def validate(config, num_devices: int = 1) -> None:
   accum = config.optim.grad_accum_steps
   if accum < 1:
     raise ConfigError(f"config.optim.grad_accum_steps={accum} must be >= 1.")
-  if config.batch_size % num_devices:
+  shards, where = _batch_shards(config, num_devices)
+  if shards and config.batch_size % shards:
     raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the "
-                      f"{num_devices} devices.")
-  if config.eval_batch_size % num_devices:
+                      f"{shards} {where}.")
+  if shards and config.eval_batch_size % shards:
     raise ConfigError(f"config.eval_batch_size={config.eval_batch_size} is not divisible by the "
-                      f"{num_devices} devices.")
+                      f"{shards} {where}.")
   if not 0.0 <= config.label_smoothing < 1.0:
     raise ConfigError(f"config.label_smoothing={config.label_smoothing} must be in [0, 1).")
   if config.optim.warmup_steps > config.num_steps:
     raise ConfigError(f"config.optim.warmup_steps={config.optim.warmup_steps} exceeds "
                       f"config.num_steps={config.num_steps}.")
   _check_numbers(config)
+  try:
+    policy_transform(config.data.augment_policy)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if config.data.pack and config.data.source in ("multi30k", "pairs", "tsv", "task") \
+      and config.model.name != "transformer":
+    raise ConfigError(f"config.data.pack=True packs sequence pairs for model 'transformer' "
+                      f"only; config.model.name={config.model.name!r} needs padded batches.")
   if config.best_metric and not config.best_metric.startswith("eval_"):
     raise ConfigError(f"config.best_metric={config.best_metric!r} must name an eval metric "
                       "('eval_accuracy', 'eval_loss', ...).")
   _check_model_shapes(config)
+  _check_init_from(config)
+
+
+def _check_init_from(config) -> None:
+  """`freeze` is a regex; `init_from` needs a model that `attn_jax.pretrained` loads."""
+  import re
+  try:
+    re.compile(config.freeze)
+  except re.error as e:
+    raise ConfigError(f"config.freeze={config.freeze!r} is not a regular expression: {e}.") from e
+  if config.init_from and config.model.name not in ("vit", "swin"):
+    raise ConfigError(f"config.init_from: checkpoints load into 'vit' and 'swin' models, not "
+                      f"config.model.name='{config.model.name}'.")
+
+
+def _batch_shards(config, num_devices: int | None) -> tuple[int, str]:
+  """(pieces the batch is split into, what they are) for `config.mesh` (0 when the number
+  of devices is not known yet); ConfigError if the mesh does not fit the devices."""
+  from attn_jax.train import sharding
+  try:
+    spec = sharding.MeshSpec.parse(config.get("mesh"))
+    sizes = spec.sizes(num_devices or math.prod((spec.fsdp, spec.seq, spec.model,
+                                                 max(spec.data, 1))))
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config.mesh: {e}") from None
+  if spec.is_default:
+    return num_devices or 0, "devices"
+  if config.strategy == "pmap":
+    raise ConfigError("config.mesh needs config.strategy='jit' (pmap only replicates).")
+  if sizes["seq"] > 1:
+    raise ConfigError("config.mesh.seq: the training models do not split sequences; use "
+                      "attn_jax.functional.ring with a mesh of your own.")
+  n = sizes["data"] * sizes["fsdp"] if num_devices else 0
+  return n, f"devices of mesh axes data x fsdp ({sizes['data']} x {sizes['fsdp']})"
 
 
 # (key, low, high, low inclusive, high inclusive); None = unbounded.
@@ -202,6 +263,7 @@ _RANGES = (
     ("optim.grad_clip_norm", 0.0, None, True, False),
     ("optim.warmup_steps", 0, None, True, False),
     ("data.min_freq", 1, None, True, False),
+    ("data.seq_len", 2, None, True, False),
     ("data.vocab_size", 1, None, True, False),
     ("data.num_train", 1, None, True, False),
     ("data.num_eval", 1, None, True, False),

@@ -60,7 +60,7 @@ def setup(config, workdir: str) -> Setup:
   del workdir   # the workdir is the loop's; setup writes nothing
   parallel.initialize_distributed(config.distributed)
   config_lib.validate(config, jax.device_count())
-  strategy = parallel.make_strategy(config.strategy)
+  strategy = parallel.make_strategy(config.strategy, config.get("mesh"))
   data = sources.build(config, jax.process_index(), jax.process_count())
   _check_data_shapes(config, data)
   dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
@@ -72,7 +72,8 @@ def setup(config, workdir: str) -> Setup:
     raise config_lib.ConfigError(
         f"config.model.name='{config.model.name}' is a {task.name} model but "
         f"config.data.source='{config.data.source}' gives {data.kind} data.")
-  tx, schedule = optim.make_optimizer(config.optim, config.num_steps)
+  tx, schedule = optim.make_optimizer(config.optim, config.num_steps,
+                                      freeze=config.get("freeze", ""))
   init_fn = step_lib.make_init_fn(model, task, tx, data.train.batch_at(0), config.seed)
   return Setup(config, strategy, data, model, task, tx, schedule, init_fn)
 
@@ -87,6 +88,16 @@ def _check_data_shapes(config, data) -> None:
     if p and (h % p or w % p):
       raise config_lib.ConfigError(f"config.model.{key}={p} does not divide the image size "
                                    f"{h}x{w}.")
+
+
+def _print_memory(strategy, state, train_step, data) -> None:
+  """One line: per-device bytes of params, optimizer state and the compiled step (the
+  compilation is the one the first step reuses)."""
+  from attn_jax.train import memory
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+  batch = memory.global_batch_abstract(data.train.batch_at(0), strategy.sharded,
+                                       jax.process_count())
+  print(memory.report(strategy, abstract, train_step, batch).line(), flush=True)
 
 
 def evaluate(strategy, eval_step, state, batches: Iterator[dict[str, np.ndarray]]) -> dict:
@@ -132,12 +143,18 @@ def _train_and_evaluate(config, workdir: str, stop) -> dict[str, Any]:
     data.train.set_state(data_state)
   else:
     state = s.init_state()
+    if config.get("init_from"):   # a fresh run starts from a pretrained checkpoint
+      from attn_jax import pretrained
+      state, _ = pretrained.init_run_state(config, s, state, verbose=lead)
   axis = "data" if strategy.name == "pmap" else None
+  gather = strategy.param_constraint() if strategy.name == "jit" else None   # FSDP
   train_step = strategy.compile_train(step_lib.make_train_step(
       s.model, task, s.tx, s.schedule, config.label_smoothing,
-      config.optim.grad_accum_steps, axis))
+      config.optim.grad_accum_steps, axis, gather))
   eval_step = strategy.compile_eval(step_lib.make_eval_step(
-      s.model, task, config.label_smoothing, axis))
+      s.model, task, config.label_smoothing, axis, gather))
+  if lead and strategy.name == "jit" and not strategy.mesh_spec.is_default:
+    _print_memory(strategy, state, train_step, data)
   batches = pipeline.Prefetch(data.train, strategy.put_batch, config.data.prefetch)
   writer = metrics_lib.MetricWriter(workdir, enabled=lead, resume_step=start)
   progress = metrics_lib.Progress(config.num_steps, start, config.progress, enabled=lead,

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attn_jax.train.tasks import CLASSIFICATION, SEQ2SEQ, Task
+from attn_jax.train.tasks import CLASSIFICATION, LANGUAGE_MODEL, SEQ2SEQ, Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,8 @@ REGISTRY: dict[str, ModelSpec] = {
     "stn_cnn": ModelSpec("attn_jax.vision.stn:stn_cnn", CLASSIFICATION, _CLS),
     "seq2seq": ModelSpec("attn_jax.seq.seq2seq:Seq2Seq", SEQ2SEQ, _SEQ),
     "transformer": ModelSpec("attn_jax.seq.transformer:Transformer", SEQ2SEQ, _SEQ),
+    "lm": ModelSpec("attn_jax.seq.lm:TransformerLM", LANGUAGE_MODEL,
+                    {"vocab_size": "vocab_size"}),
 }
 
 

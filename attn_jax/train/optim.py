@@ -43,9 +43,27 @@ def decay_mask(params) -> object:
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def make_optimizer(cfg, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def freeze_params(opt: optax.GradientTransformation, pattern: str) -> optax.GradientTransformation:
+  """`opt` for the parameters whose path ('block0/attn/W_q') does not match the regex
+  `pattern` (`re.search`); the others get zero updates (no step, no weight decay)."""
+  rx = re.compile(pattern)
+
+  def labels(params):
+    out = jax.tree_util.tree_map_with_path(
+        lambda path, _: "frozen" if rx.search("/".join(
+            str(getattr(k, "key", getattr(k, "name", k))) for k in path)) else "train", params)
+    if "frozen" not in jax.tree.leaves(out):
+      raise ValueError(f"config.freeze={pattern!r} matches no parameter path (paths look like "
+                       f"'block0/attn/W_q').")
+    return out
+  return optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)
+
+
+def make_optimizer(cfg, num_steps: int,
+                   freeze: str = "") -> tuple[optax.GradientTransformation, optax.Schedule]:
   """`config.optim` -> (optimizer, schedule). With grad_accum_steps=k the optimizer
-  applies one update every k micro-steps; the schedule counts optimizer updates."""
+  applies one update every k micro-steps; the schedule counts optimizer updates.
+  `freeze`: a regex of parameter paths that are not trained (`freeze_params`)."""
   updates = max(num_steps // cfg.grad_accum_steps, 1)
   schedule = learning_rate_schedule(cfg, updates)
   if cfg.name == "sgd":
@@ -59,6 +77,8 @@ def make_optimizer(cfg, num_steps: int) -> tuple[optax.GradientTransformation, o
   opt = optax.chain(*chain, opt)
   if cfg.name != "adamw" and cfg.weight_decay > 0:
     opt = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask), opt)
+  if freeze:
+    opt = freeze_params(opt, freeze)
   if cfg.grad_accum_steps > 1:
     opt = optax.MultiSteps(opt, every_k_schedule=cfg.grad_accum_steps)
   skip = cfg.get("skip_nonfinite", 0)

@@ -1,13 +1,15 @@
 """Devices, hosts and the two ways of running a step on all of them.
 
-`jit` (default): a 1-D mesh `('data',)` over every device of every process
-(`jax.make_mesh`); batches are global arrays sharded on `data` with `NamedSharding`,
-the state is replicated, and one `jax.jit` step serves 1 device, many devices and
-many hosts. The state is born on the mesh: its shapes come from `jax.eval_shape`, it is
-created by `jax.jit(init, out_shardings=...)` and restored from Orbax straight into those
-shardings, so it never passes through the host. `pmap`: the same step with explicit
-`psum`s, for compatibility (its state goes through the host). Each process passes only
-its own rows of the global batch.
+`jit` (default): a mesh over every device of every process (`jax.make_mesh`; 1-D
+`('data',)` by default, `('data', 'fsdp', 'seq', 'model')` from `config.mesh`, see
+`attn_jax.train.sharding`); batches are global arrays sharded over ('data', 'fsdp') with
+`NamedSharding`, the state is replicated or sharded by the rules of `sharding`, and one
+`jax.jit` step serves 1 device, many devices and many hosts. The state is born on the mesh:
+its shapes come from `jax.eval_shape`, it is created by `jax.jit(init, out_shardings=...)`
+and restored from Orbax straight into those shardings, so it never passes through the
+host. `pmap`: the same step with explicit `psum`s, for compatibility (its state goes
+through the host; replicated only). Each process passes only its own rows of the global
+batch.
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ from typing import Any, Callable
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
+
+from attn_jax.train import sharding as sharding_lib
+from attn_jax.train.config import ConfigError
 
 
 def initialize_distributed(cfg) -> None:
@@ -46,25 +51,73 @@ def _has_accelerator() -> bool:
 
 
 def to_host(tree: Any) -> Any:
-  """A replicated global pytree -> numpy on this host (reads the local copy)."""
-  return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array)
-                      else np.asarray(a), tree)
+  """A global pytree -> numpy on this host: the local copy of a replicated array, the
+  gathered shards of a sharded one (across processes a collective: call it on all)."""
+  from jax.experimental import multihost_utils
+
+  def get(a):
+    if not isinstance(a, jax.Array):
+      return np.asarray(a)
+    if a.is_fully_replicated:
+      return np.asarray(a.addressable_data(0))
+    if a.is_fully_addressable:
+      return np.asarray(a)
+    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+  return jax.tree.map(get, tree)
 
 
 class JitStrategy:
-  """Mesh + NamedSharding: state replicated, batch sharded over `data`."""
+  """Mesh + NamedSharding: batch sharded over ('data', 'fsdp'), state laid out by
+  `sharding.state_shardings` (replicated on the default mesh).
+
+  mesh: `config.mesh` (a ConfigDict / mapping / 'data=2,fsdp=4' string / None: every
+  device on 'data'); devices: default all of them. The shardings of the state are fixed
+  by the last `init_state` / `abstract_state` call; the compiled steps take and return
+  the state in them.
+  """
   name = "jit"
 
-  def __init__(self):
-    # Auto axes: XLA propagates the batch sharding through the model (no explicit-sharding rules).
-    self.mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                              axis_types=(jax.sharding.AxisType.Auto,))
+  def __init__(self, mesh: Any = None, devices: list | None = None):
+    self.mesh_spec = sharding_lib.MeshSpec.parse(mesh)
+    # Auto axes: XLA propagates the batch and state shardings through the model.
+    self.mesh = sharding_lib.make_mesh(self.mesh_spec, devices)
     self.replicated = NamedSharding(self.mesh, P())
-    self.sharded = NamedSharding(self.mesh, P("data"))
+    self.sharded = NamedSharding(self.mesh, sharding_lib.batch_spec(self.mesh))
+    self._state_shardings: Any = None
+    local = jax.local_device_count()
+    inner = sharding_lib.axis_size(self.mesh, "model") * sharding_lib.axis_size(self.mesh, "seq")
+    if jax.process_count() > 1 and local % inner:
+      raise ConfigError(f"config.mesh: model*seq={inner} must divide the {local} devices of "
+                        "each process (each process feeds its own batch rows).")
+
+  def describe_mesh(self) -> str:
+    """e.g. 'data=2,fsdp=4' (the axis sizes of the mesh)."""
+    return ",".join(f"{k}={v}" for k, v in dict(self.mesh.shape).items()
+                    if k == "data" or v > 1)
 
   def state_shardings(self, abstract: Any) -> Any:
-    """The sharding of every leaf of the train state (data parallel: replicated)."""
-    return jax.tree.map(lambda _: self.replicated, abstract)
+    """The sharding of every leaf of the train state (the rules of `sharding`)."""
+    self._state_shardings = sharding_lib.state_shardings(abstract, self.mesh,
+                                                         self.mesh_spec.fsdp_min_size)
+    return self._state_shardings
+
+  def param_constraint(self) -> Callable[[Any], Any] | None:
+    """With an 'fsdp' axis: `params -> params` gathered over it (each still split over
+    'model'), for the step to apply where the forward pass reads them; XLA all-gathers
+    each parameter there and reduce-scatters its gradient, and the activations stay split
+    over the batch. None otherwise (or before the state's shardings are known)."""
+    if self._state_shardings is None or sharding_lib.axis_size(self.mesh, "fsdp") == 1:
+      return None
+    gathered = jax.tree.map(
+        lambda s: NamedSharding(self.mesh, sharding_lib.without_axis(s.spec, "fsdp")),
+        self._state_shardings.params, is_leaf=lambda s: isinstance(s, NamedSharding))
+    return lambda params: jax.lax.with_sharding_constraint(params, gathered)
+
+  def _state_in(self) -> Any:
+    """The steps' state shardings: one replicated prefix on the default mesh."""
+    if self._state_shardings is None or self.mesh_spec.is_default:
+      return self.replicated
+    return self._state_shardings
 
   def init_state(self, init_fn: Callable[[], Any]) -> Any:
     """`init_fn()` run as one program whose outputs are created on the mesh."""
@@ -86,22 +139,28 @@ class JitStrategy:
     return restored
 
   def put_state(self, host_state: Any) -> Any:
-    """Host pytree (same on every process) -> replicated global arrays."""
+    """Host pytree (same on every process) -> global arrays in the state's shardings
+    (replicated before any `init_state` / `abstract_state`)."""
+    shardings = self._state_shardings
+    if shardings is None or (jax.tree.structure(shardings) != jax.tree.structure(host_state)):
+      shardings = jax.tree.map(lambda _: self.replicated, host_state)
     return jax.tree.map(
-        lambda x: jax.make_array_from_callback(np.shape(x), self.replicated,
-                                               lambda idx, x=x: np.asarray(x)[idx]), host_state)
+        lambda x, s: jax.make_array_from_callback(np.shape(x), s,
+                                                  lambda idx, x=x: np.asarray(x)[idx]),
+        host_state, shardings)
 
   def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """This process's rows -> global arrays [global_batch, ...] sharded on `data`."""
+    """This process's rows -> global arrays [global_batch, ...] sharded over the batch axes."""
     return {k: jax.make_array_from_process_local_data(self.sharded, v)
             for k, v in local_batch.items()}
 
   def compile_train(self, step_fn: Callable) -> Callable:
-    return jax.jit(step_fn, in_shardings=(self.replicated, self.sharded),
-                   out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
+    state = self._state_in()
+    return jax.jit(step_fn, in_shardings=(state, self.sharded),
+                   out_shardings=(state, self.replicated), donate_argnums=(0,))
 
   def compile_eval(self, step_fn: Callable) -> Callable:
-    return jax.jit(step_fn, in_shardings=(self.replicated, self.sharded),
+    return jax.jit(step_fn, in_shardings=(self._state_in(), self.sharded),
                    out_shardings=self.replicated)
 
   def host_state(self, state: Any) -> Any:
@@ -152,6 +211,11 @@ class PmapStrategy:
     return {k: float(np.asarray(v.addressable_data(0)).reshape(-1)[0]) for k, v in tree.items()}
 
 
-def make_strategy(name: str):
-  return PmapStrategy() if name == "pmap" else JitStrategy()
+def make_strategy(name: str, mesh: Any = None):
+  """'pmap' -> PmapStrategy (replicated state only); else JitStrategy on `mesh`."""
+  if name == "pmap":
+    if not sharding_lib.MeshSpec.parse(mesh).is_default:
+      raise ConfigError("config.mesh needs config.strategy='jit' (pmap only replicates).")
+    return PmapStrategy()
+  return JitStrategy(mesh)
 

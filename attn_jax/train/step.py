@@ -92,8 +92,13 @@ def summarize(sums: dict, prefix: str = "") -> dict:
 
 def make_train_step(model: nn.Module, task: Task, tx: optax.GradientTransformation,
                     schedule: Callable, label_smoothing: float, accum: int = 1,
-                    axis_name: str | None = None):
-  """Returns `train_step(state, batch) -> (state, metrics)` (metrics: scalars)."""
+                    axis_name: str | None = None,
+                    constrain_params: Callable[[Any], Any] | None = None):
+  """Returns `train_step(state, batch) -> (state, metrics)` (metrics: scalars).
+
+  `constrain_params(params)`, applied where the forward pass reads the parameters, lays
+  them out for the computation (FSDP: gathered; `JitStrategy.param_constraint`); the
+  gradients come back in the stored layout."""
 
   def train_step(state: TrainState, batch: Batch):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -101,6 +106,8 @@ def make_train_step(model: nn.Module, task: Task, tx: optax.GradientTransformati
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
     def loss_fn(params):
+      if constrain_params is not None:
+        params = constrain_params(params)
       logits, new_ms = forward(model, task, params, state.model_state, batch, rng, train=True)
       sums = task.metric_sums(logits, batch, label_smoothing)
       total = jax.lax.stop_gradient(_psum(sums["weight"], axis_name))
@@ -123,11 +130,13 @@ def make_train_step(model: nn.Module, task: Task, tx: optax.GradientTransformati
 
 
 def make_eval_step(model: nn.Module, task: Task, label_smoothing: float,
-                   axis_name: str | None = None):
+                   axis_name: str | None = None,
+                   constrain_params: Callable[[Any], Any] | None = None):
   """Returns `eval_step(state, batch) -> sums` (masked; add them over batches)."""
 
   def eval_step(state: TrainState, batch: Batch):
-    logits, _ = forward(model, task, state.params, state.model_state, batch, None, train=False)
+    params = state.params if constrain_params is None else constrain_params(state.params)
+    logits, _ = forward(model, task, params, state.model_state, batch, None, train=False)
     return _psum(task.metric_sums(logits, batch, label_smoothing), axis_name)
 
   return eval_step

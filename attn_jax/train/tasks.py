@@ -8,6 +8,7 @@ visualisation never branch on strings. Every model of the project is called as
 |---|---|---|---|
 | `ClassificationTask` | image [b, h, w, c] f32, label [b] i32 | (image,) | 1 per example |
 | `Seq2SeqTask` | src [b, S], tgt_in, tgt_out [b, T] i32 | (src, tgt_in) | 1 per target token |
+| `LanguageModelTask` | inputs, targets, segment_ids, positions [b, N] i32 | (inputs, positions, segment_ids) | 1 per token in a segment |
 
 An eval batch may carry `mask: [b]` (1 for real examples, 0 for padding rows).
 """
@@ -78,20 +79,58 @@ class Seq2SeqTask(Task):
   def inputs(self, batch: Batch) -> tuple[jax.Array, ...]:
     return (batch["src"], batch["tgt_in"])
 
+  def apply(self, model, variables: dict, batch: Batch, *, train: bool = False,
+            rngs: dict | None = None, mutable: Any = False):
+    """As `Task.apply`; a packed batch (`src_segments`, ...) also passes `packed=`."""
+    if "src_segments" not in batch:
+      return super().apply(model, variables, batch, train=train, rngs=rngs, mutable=mutable)
+    from attn_jax.seq.transformer import Packing
+    packed = Packing(batch["src_segments"], batch["tgt_segments"], batch["src_positions"],
+                     batch["tgt_positions"])
+    return model.apply(variables, *self.inputs(batch), train=train, packed=packed,
+                       rngs=rngs or {}, mutable=mutable)
+
   def metric_sums(self, logits: jax.Array, batch: Batch, label_smoothing: float) -> dict:
     targets, mask = batch["tgt_out"], batch.get("mask")
     ex_w = jnp.ones(targets.shape[:1], jnp.float32) if mask is None else mask
     w = (targets != PAD).astype(jnp.float32) * ex_w[:, None]
     n = w.sum()
-    exact = losses.sequence_exact_match(self.predict(logits), targets, per_example=True)
     loss_sum = losses.cross_entropy(logits, targets, label_smoothing, weights=w) * n
     # nll_sum: unsmoothed cross-entropy, for perplexity; a second pass only if smoothed.
     nll_sum = (losses.cross_entropy(logits, targets, 0.0, weights=w) * n if label_smoothing
                else loss_sum)
+    sums = {"loss_sum": loss_sum, "nll_sum": nll_sum,
+            "correct": losses.accuracy(logits, targets, weights=w) * n, "weight": n,
+            "examples": ex_w.sum()}
+    if "tgt_segments" not in batch:   # a packed row holds several sentences: no exact match
+      exact = losses.sequence_exact_match(self.predict(logits), targets, per_example=True)
+      sums["exact"] = (exact.astype(jnp.float32) * ex_w).sum()
+    return sums
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageModelTask(Task):
+  """Next-token prediction on (packed) rows (`attn_jax.data.packing`); metrics: loss, token
+  accuracy, perplexity. Slots outside every segment (segment id 0) weigh nothing."""
+  name: ClassVar[str] = "lm"
+  data_kind: ClassVar[str] = "lm"
+
+  def inputs(self, batch: Batch) -> tuple[jax.Array, ...]:
+    return (batch["inputs"], batch["positions"], batch["segment_ids"])
+
+  def metric_sums(self, logits: jax.Array, batch: Batch, label_smoothing: float) -> dict:
+    targets, mask = batch["targets"], batch.get("mask")
+    ex_w = jnp.ones(targets.shape[:1], jnp.float32) if mask is None else mask
+    w = (batch["segment_ids"] > 0).astype(jnp.float32) * ex_w[:, None]
+    n = w.sum()
+    loss_sum = losses.cross_entropy(logits, targets, label_smoothing, weights=w) * n
+    nll_sum = (losses.cross_entropy(logits, targets, 0.0, weights=w) * n if label_smoothing
+               else loss_sum)
     return {"loss_sum": loss_sum, "nll_sum": nll_sum,
             "correct": losses.accuracy(logits, targets, weights=w) * n, "weight": n,
-            "examples": ex_w.sum(), "exact": (exact.astype(jnp.float32) * ex_w).sum()}
+            "examples": ex_w.sum()}
 
 
 CLASSIFICATION = ClassificationTask()
 SEQ2SEQ = Seq2SeqTask()
+LANGUAGE_MODEL = LanguageModelTask()

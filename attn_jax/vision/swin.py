@@ -68,7 +68,7 @@ class SwinBlock(nn.Module):
   """(S)W-MSA block: x + WindowAttention(LN(x)), then x + MLP(LN(x)).
 
   x: [batch, height, width, dim] -> same. Maps not divisible by the window are
-  zero-padded and the padding is masked out of the keys.
+  zero-padded and the padding is masked out of the keys. `norm_eps`: LayerNorm epsilon.
   """
   num_heads: int
   window: int
@@ -79,6 +79,7 @@ class SwinBlock(nn.Module):
   sow_weights: bool = True
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  norm_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False,
@@ -87,7 +88,7 @@ class SwinBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     _, h, w, d = x.shape
     m, s = effective_window(h, w, self.window, self.shift)
-    y = F.pad_to_window(nn.LayerNorm(name="norm1", **kw)(x), m)
+    y = F.pad_to_window(nn.LayerNorm(self.norm_eps, name="norm1", **kw)(x), m)
     hp, wp = y.shape[1:3]
     mask = None
     if s > 0:
@@ -106,7 +107,7 @@ class SwinBlock(nn.Module):
     y = nn.Dropout(self.dropout_rate)(y[:, :h, :w], deterministic=not train)
     x = x + drop_branch(self, y, drop_path_rate, train)
     y = MlpBlock(int(d * self.mlp_ratio), dropout_rate=self.dropout_rate, name="mlp", **kw)(
-        nn.LayerNorm(name="norm2", **kw)(x), train)
+        nn.LayerNorm(self.norm_eps, name="norm2", **kw)(x), train)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     return x + drop_branch(self, y, drop_path_rate, train)
 
@@ -131,10 +132,12 @@ class PatchMerging(nn.Module):
   """Concatenates each 2x2 neighbourhood, LayerNorm, then a bias-free Linear 4C -> 2C.
 
   x: [batch, height, width, C] -> [batch, ceil(height/2), ceil(width/2), 2C]
-  (odd sizes are zero-padded).
+  (odd sizes are zero-padded). The channel order of the concatenation is
+  x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2] (as in the official code and timm).
   """
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  norm_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -143,7 +146,7 @@ class PatchMerging(nn.Module):
     x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2],
                          x[:, 1::2, 1::2]], axis=-1)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = nn.LayerNorm(name="norm", **kw)(x)
+    x = nn.LayerNorm(self.norm_eps, name="norm", **kw)(x)
     return nn.Dense(2 * c, use_bias=False, name="reduction", **kw)(x)
 
 
@@ -167,6 +170,7 @@ class SwinTransformer(nn.Module):
       depth must be even; parameters under `stage<i>_pair_scan/block{0,1}` with a leading
       [depth / 2] axis instead of `stage<i>_block<j>`).
     remat: rematerialisation policy per block (pair): 'none' | 'full' | 'dots'.
+    norm_eps: epsilon of every LayerNorm (1e-5 in the official code and timm).
 
   Call: `images: [batch, height, width, channels]` (any size; padded to the patch
   and window sizes), `train` enables dropout / stochastic depth (the 'dropout' RNG)
@@ -187,6 +191,7 @@ class SwinTransformer(nn.Module):
   param_dtype: Any = jnp.float32
   scan_layers: bool = False
   remat: str = "none"
+  norm_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -201,7 +206,7 @@ class SwinTransformer(nn.Module):
     p = self.patch_size
     x = F.pad_to_window(images, p)
     x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", name="patch_embed", **kw)(x)
-    x = nn.LayerNorm(name="patch_norm", **kw)(x)
+    x = nn.LayerNorm(self.norm_eps, name="patch_norm", **kw)(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     total = sum(self.depth)
     first = 0
@@ -210,7 +215,7 @@ class SwinTransformer(nn.Module):
       first += depth
       common = dict(mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout_rate,
                     attention_dropout_rate=self.attention_dropout_rate,
-                    sow_weights=self.sow_weights, **kw)
+                    sow_weights=self.sow_weights, norm_eps=self.norm_eps, **kw)
       if self.scan_layers:   # one scan over the stage's (W-MSA, SW-MSA) pairs
         make = lambda name, _, heads=heads: SwinBlockPair(heads, self.window_size, name=name,
                                                           **common)
@@ -224,8 +229,8 @@ class SwinTransformer(nn.Module):
         x = run_stack(make, x, depth=depth, train=train, remat=self.remat,
                       per_layer={"drop_path_rate": rates}, name=f"stage{i}_block")
       if i < len(self.depth) - 1:
-        x = PatchMerging(name=f"merge{i}", **kw)(x)
-    x = nn.LayerNorm(name="norm", **kw)(x).mean(axis=(1, 2))
+        x = PatchMerging(name=f"merge{i}", norm_eps=self.norm_eps, **kw)(x)
+    x = nn.LayerNorm(self.norm_eps, name="norm", **kw)(x).mean(axis=(1, 2))
     return nn.Dense(self.num_classes, name="head", **kw)(x).astype(jnp.float32)
 
 

@@ -44,6 +44,9 @@ class EncoderBlock(nn.Module):
   sow_weights: bool = True
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  mlp_activation: str = "gelu"
+  num_kv_heads: int | None = None
+  softcap: float | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False,
@@ -51,12 +54,14 @@ class EncoderBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     y = nn.LayerNorm(name="norm1", **kw)(x)
     y = MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout_rate,
-                           sow_weights=self.sow_weights, name="attn", **kw)(
+                           sow_weights=self.sow_weights, num_kv_heads=self.num_kv_heads,
+                           softcap=self.softcap, name="attn", **kw)(
                                y, deterministic=not train)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     x = x + drop_branch(self, y, drop_path_rate, train)
     y = nn.LayerNorm(name="norm2", **kw)(x)
-    y = MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, name="mlp", **kw)(y, train)
+    y = MlpBlock(self.mlp_dim, activation=self.mlp_activation, dropout_rate=self.dropout_rate,
+                 name="mlp", **kw)(y, train)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     return x + drop_branch(self, y, drop_path_rate, train)
 
@@ -83,6 +88,14 @@ class ViT(nn.Module):
     param_dtype: parameter dtype (float32).
     scan_layers: run the blocks as one `nn.scan` (see the module docstring).
     remat: rematerialisation policy of each block: 'none' | 'full' | 'dots'.
+    mlp_activation: the MLP's 'gelu' (exact, timm) or 'gelu_tanh' (big_vision, the original
+      ViT code).
+    representation_size: width of a pre-logits layer (Dense + tanh) before the head, as in
+      the original ViT's ImageNet-21k models; None: no such layer.
+    fc_norm: apply the final LayerNorm (`fc_norm`) to the pooled features instead of
+      to every token before pooling (`encoder_norm`), as timm's GAP models do.
+    num_kv_heads: key/value heads of every attention layer (grouped-query attention;
+      None = num_heads). softcap: attention-logit soft-cap (None = off).
 
   Call: `images: [batch, height, width, channels]` (height, width divisible by p),
   `train` enables dropout (needs a 'dropout' RNG) -> logits `[batch, num_classes]` float32.
@@ -104,6 +117,11 @@ class ViT(nn.Module):
   param_dtype: Any = jnp.float32
   scan_layers: bool = False
   remat: str = "none"
+  mlp_activation: str = "gelu"
+  representation_size: int | None = None
+  fc_norm: bool = False
+  num_kv_heads: int | None = None
+  softcap: float | None = None
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -129,12 +147,19 @@ class ViT(nn.Module):
     rates = [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]
     make = lambda name, _: EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
                                         self.attention_dropout_rate, self.sow_weights,
+                                        mlp_activation=self.mlp_activation,
+                                        num_kv_heads=self.num_kv_heads, softcap=self.softcap,
                                         name=name, **kw)
     x = run_stack(make, x, depth=self.depth, train=train,
                   per_layer={"drop_path_rate": rates} if self.drop_path_rate else None,
                   scan=self.scan_layers, remat=self.remat, name="block")
-    x = nn.LayerNorm(name="encoder_norm", **kw)(x)
+    if not self.fc_norm:
+      x = nn.LayerNorm(name="encoder_norm", **kw)(x)
     x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
+    if self.fc_norm:
+      x = nn.LayerNorm(name="fc_norm", **kw)(x)
+    if self.representation_size:
+      x = jnp.tanh(nn.Dense(self.representation_size, name="pre_logits", **kw)(x))
     x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros_init(), name="head",
                  **kw)(x)
     return x.astype(jnp.float32)
