@@ -58,7 +58,7 @@ def pack_rows(pairs: Sequence[tuple[np.ndarray, np.ndarray]], length: int,
       used = 0
     rows[-1].append(pair)
     used += n
-  out = {k: np.zeros((len(rows), length), np.int32) for k in FIELDS}
+  out = {k: np.full((len(rows), length), PAD, np.int32) for k in FIELDS}   # PAD = 0: no segment
   for r, row in enumerate(rows):
     at = 0
     for seg, (inp, tgt) in enumerate(row, start=1):
@@ -68,7 +68,6 @@ def pack_rows(pairs: Sequence[tuple[np.ndarray, np.ndarray]], length: int,
       out["segment_ids"][r, at:at + n] = seg
       out["positions"][r, at:at + n] = np.arange(n)
       at += n
-  assert PAD == 0   # zeros above are PAD / "no segment"
   return out
 
 
@@ -80,13 +79,12 @@ def pack_pairs(examples: Sequence[dict], src_len: int, tgt_len: int) -> dict[str
   """[{'src': ids, 'tgt': ids}] (no BOS/EOS) -> packed rows: src* [rows, src_len],
   tgt* [rows, tgt_len] int32 (fields `PAIR_FIELDS`). Pairs longer than a row are cut
   (as the padded batches cut them); a pair opens a new row when either side would overflow."""
-  from attn_jax.tokens import EOS as _EOS
   rows: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
   used = (src_len + 1, tgt_len + 1)
   for ex in examples:
-    src = np.concatenate([np.asarray(ex["src"], np.int32)[:src_len - 1], [_EOS]])
+    src = np.concatenate([np.asarray(ex["src"], np.int32)[:src_len - 1], [EOS]])
     tgt = np.asarray(ex["tgt"], np.int32)[:tgt_len - 1]
-    tin, tout = np.concatenate([[BOS], tgt]), np.concatenate([tgt, [_EOS]])
+    tin, tout = np.concatenate([[BOS], tgt]), np.concatenate([tgt, [EOS]])
     if used[0] + len(src) > src_len or used[1] + len(tin) > tgt_len:
       rows.append([])
       used = (0, 0)

@@ -219,7 +219,7 @@ class Transformer(nn.Module):
     elif self.positions == "sinusoidal":
       self.pos_table = F.sinusoidal_positions(self.max_len, self.width)
     elif self.positions == "rope":
-      self.pos_table = jnp.zeros((self.max_len, self.width), jnp.float32)   # rotary instead
+      self.pos_table = None   # rotary positions inside the self-attentions instead
     else:
       raise ValueError(f"positions must be 'sinusoidal', 'learned' or 'rope', got "
                        f"{self.positions!r}.")
@@ -241,11 +241,13 @@ class Transformer(nn.Module):
     [batch, len, width] (scaled by sqrt(width))."""
     if tokens.shape[1] > self.max_len:
       raise ValueError(f"Transformer: sequence length {tokens.shape[1]} > max_len={self.max_len}.")
-    if positions is not None:
-      pos = jnp.take(self.pos_table, positions, axis=0)
-    else:
-      pos = jax.lax.dynamic_slice_in_dim(self.pos_table, offset, tokens.shape[1])
-    x = table(tokens) * math.sqrt(self.width) + pos.astype(self.dtype or jnp.float32)
+    x = table(tokens) * math.sqrt(self.width)
+    if self.pos_table is not None:
+      if positions is not None:
+        pos = jnp.take(self.pos_table, positions, axis=0)
+      else:
+        pos = jax.lax.dynamic_slice_in_dim(self.pos_table, offset, tokens.shape[1])
+      x = x + pos.astype(self.dtype or jnp.float32)
     return self.drop(x, deterministic=not train)
 
   def encode(self, src: jax.Array, src_lens: jax.Array | None = None, train: bool = False,

@@ -69,6 +69,18 @@ class ClassificationTask(Task):
             "examples": n}
 
 
+def token_sums(logits: jax.Array, targets: jax.Array, w: jax.Array,
+               label_smoothing: float) -> dict:
+  """Per-token sums of a sequence task: loss_sum, nll_sum (unsmoothed, for perplexity; a
+  second pass only if smoothed), correct, weight. logits [b, n, V]; targets, w [b, n]."""
+  n = w.sum()
+  loss_sum = losses.cross_entropy(logits, targets, label_smoothing, weights=w) * n
+  nll_sum = (losses.cross_entropy(logits, targets, 0.0, weights=w) * n if label_smoothing
+             else loss_sum)
+  return {"loss_sum": loss_sum, "nll_sum": nll_sum,
+          "correct": losses.accuracy(logits, targets, weights=w) * n, "weight": n}
+
+
 @dataclasses.dataclass(frozen=True)
 class Seq2SeqTask(Task):
   """Source tokens -> target tokens by teacher forcing; metrics: loss, token accuracy,
@@ -94,14 +106,8 @@ class Seq2SeqTask(Task):
     targets, mask = batch["tgt_out"], batch.get("mask")
     ex_w = jnp.ones(targets.shape[:1], jnp.float32) if mask is None else mask
     w = (targets != PAD).astype(jnp.float32) * ex_w[:, None]
-    n = w.sum()
-    loss_sum = losses.cross_entropy(logits, targets, label_smoothing, weights=w) * n
-    # nll_sum: unsmoothed cross-entropy, for perplexity; a second pass only if smoothed.
-    nll_sum = (losses.cross_entropy(logits, targets, 0.0, weights=w) * n if label_smoothing
-               else loss_sum)
-    sums = {"loss_sum": loss_sum, "nll_sum": nll_sum,
-            "correct": losses.accuracy(logits, targets, weights=w) * n, "weight": n,
-            "examples": ex_w.sum()}
+    sums = token_sums(logits, targets, w, label_smoothing)
+    sums["examples"] = ex_w.sum()
     if "tgt_segments" not in batch:   # a packed row holds several sentences: no exact match
       exact = losses.sequence_exact_match(self.predict(logits), targets, per_example=True)
       sums["exact"] = (exact.astype(jnp.float32) * ex_w).sum()
@@ -122,13 +128,7 @@ class LanguageModelTask(Task):
     targets, mask = batch["targets"], batch.get("mask")
     ex_w = jnp.ones(targets.shape[:1], jnp.float32) if mask is None else mask
     w = (batch["segment_ids"] > 0).astype(jnp.float32) * ex_w[:, None]
-    n = w.sum()
-    loss_sum = losses.cross_entropy(logits, targets, label_smoothing, weights=w) * n
-    nll_sum = (losses.cross_entropy(logits, targets, 0.0, weights=w) * n if label_smoothing
-               else loss_sum)
-    return {"loss_sum": loss_sum, "nll_sum": nll_sum,
-            "correct": losses.accuracy(logits, targets, weights=w) * n, "weight": n,
-            "examples": ex_w.sum()}
+    return {**token_sums(logits, targets, w, label_smoothing), "examples": ex_w.sum()}
 
 
 CLASSIFICATION = ClassificationTask()
