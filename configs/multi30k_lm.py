@@ -33,13 +33,13 @@ def get_config():
   c.optim.name = "adamw"
   c.optim.learning_rate = 1e-3
   c.optim.weight_decay = 0.1
-  c.optim.warmup_steps = 200
+  c.optim.warmup_steps = 100
   c.optim.grad_clip_norm = 1.0
   c.batch_size = 32
   c.eval_batch_size = 64
-  c.num_steps = 3000
-  c.eval_every = 500
-  c.checkpoint_every = 500
+  c.num_steps = 1200
+  c.eval_every = 300
+  c.checkpoint_every = 300
   c.best_metric = "eval_loss"
   c.best_mode = "min"
   return c
