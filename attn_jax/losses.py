@@ -48,7 +48,9 @@ def accuracy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = N
   """Fraction of argmax predictions equal to the labels (weighted mean).
 
   Args:
-    logits: [..., classes]; labels: [...]; weights: optional [...].
+    logits: [..., classes].
+    labels: [...] integer class ids.
+    weights: optional [...] per-example weights.
   Returns:
     scalar float32 in [0, 1].
   """
@@ -78,7 +80,12 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: 
 def token_accuracy(logits: jax.Array, targets: jax.Array, pad_id: int = 0) -> jax.Array:
   """Fraction of non-padding target tokens predicted by the argmax of the logits.
 
-  logits: [batch, len, vocab]; targets: [batch, len] -> scalar.
+  Args:
+    logits: [batch, len, vocab].
+    targets: [batch, len] ids; positions equal to `pad_id` are ignored.
+    pad_id: the padding id.
+  Returns:
+    scalar float32 in [0, 1].
   """
   C.check_rank("token_accuracy", "targets", targets, "[batch, len]", rank=2)
   return accuracy(logits, targets, weights=targets != pad_id)
@@ -95,6 +102,7 @@ def sequence_exact_match(predictions: jax.Array, targets: jax.Array, pad_id: int
     predictions: [batch, pred_len] ids (argmax or decoded tokens); cut or padded with
       `pad_id` to the target length.
     targets: [batch, len] ids.
+    pad_id: the padding id.
     per_example: return the [batch] bool matches instead of their mean.
   Returns:
     scalar float32 in [0, 1] (or [batch] bool).

@@ -80,3 +80,34 @@ def test_rotary_scores_depend_on_relative_position_only():
   x = jax.random.normal(ks[0], (2, 4, 8, 16))
   np.testing.assert_allclose(jnp.linalg.norm(F.apply_rotary(x), axis=-1),
                              jnp.linalg.norm(x, axis=-1), rtol=1e-5)
+
+
+def test_grouped_kv_heads_and_variants_equal_repeated_heads():
+  """GQA (2 K/V heads for 4 query heads) with a window, segment ids, softcap and ALiBi equals
+  MHA whose W_k / W_v repeat each K/V head for its query heads; unknown variants fail."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import pytest
+  from attn_jax import functional as F
+  heads, kv, hd, d, n = 4, 2, 8, 16, 12
+  p = F.init_multi_head_params(jax.random.key(0), d, heads, hd, num_kv_heads=kv)
+  assert p["W_k"].shape == (d, kv * hd) and p["b_v"].shape == (kv * hd,)
+  p = {k: v + 0.1 * jax.random.normal(jax.random.key(i), v.shape) for i, (k, v) in
+       enumerate(p.items())}
+  rep = lambda w: jnp.repeat(w.reshape(w.shape[:-1] + (kv, hd)), heads // kv, axis=-2).reshape(
+      w.shape[:-1] + (heads * hd,))
+  full = dict(p, **{k: rep(p[k]) for k in ("W_k", "b_k", "W_v", "b_v")})
+  x = jax.random.normal(jax.random.key(9), (2, n, d))
+  seg = jnp.asarray([[0] * 5 + [1] * 7, [0] * 12])
+  kw = dict(is_causal=True, window=(4, 0), q_segment_ids=seg, softcap=5.0,
+            alibi_slopes=F.alibi_slopes(heads))
+  got = F.multi_head_attention(p, x, x, heads, num_kv_heads=kv, **kw)
+  want = F.multi_head_attention(full, x, x, heads, implementation="reference", **kw)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  with pytest.raises(TypeError, match="windows"):
+    F.multi_head_attention(p, x, x, heads, num_kv_heads=kv, windows=3)
+  with pytest.raises(F.ShapeError, match="num_kv_heads"):
+    F.multi_head_attention(p, x, x, heads, num_kv_heads=3)
+  with pytest.raises(F.ShapeError, match="W_k"):
+    F.multi_head_attention(p, x, x, heads)   # W_k holds 2 heads, not 4

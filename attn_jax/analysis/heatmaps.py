@@ -17,6 +17,9 @@ from attn_jax.tokens import EOS
 from attn_jax.train.tasks import Seq2SeqTask, Task
 
 
+MAX_HEATMAP_LEN = 2048   # tokens; longer sequences get no heatmap
+
+
 def attention_maps(model, task: Task, host_state, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
   """Every sown attention array (first example, heads averaged) -> list of [q, k].
 
@@ -45,6 +48,11 @@ def save_heatmap(model, task: Task, host_state, data, workdir: str) -> str | Non
   # A bare Figure (no pyplot): works headless and leaves a notebook's backend alone.
   from matplotlib.figure import Figure
   batch = next(iter(data.eval_batches()))
+  longest = max((v.shape[1] for v in batch.values() if np.ndim(v) >= 2), default=0)
+  if longest > MAX_HEATMAP_LEN:  # a [len, len] map per layer would not fit in memory
+    print(f"attention heatmap skipped: sequences of {longest} tokens (more than "
+          f"{MAX_HEATMAP_LEN}).", flush=True)
+    return None
   maps = attention_maps(model, task, host_state, batch)
   if not maps:
     return None

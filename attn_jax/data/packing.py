@@ -29,7 +29,15 @@ FIELDS = ("inputs", "targets", "segment_ids", "positions")
 
 
 def lm_pairs(token_ids: Sequence[Sequence[int]], length: int) -> list[tuple[np.ndarray, np.ndarray]]:
-  """Sentences -> (inputs, targets) pairs, each cut to at most `length` tokens."""
+  """Sentences -> (inputs, targets) pairs, each cut to at most `length` tokens.
+
+  Args:
+    token_ids: sentences, each a sequence of token ids (no BOS / EOS).
+    length: the row length.
+  Returns:
+    [(inputs [n_i], targets [n_i])] int32 with n_i <= length: inputs = [BOS] + t,
+    targets = t + [EOS].
+  """
   if length < 2:
     raise ValueError(f"lm_pairs: length must be >= 2, got {length}.")
   pairs = []
@@ -42,10 +50,15 @@ def lm_pairs(token_ids: Sequence[Sequence[int]], length: int) -> list[tuple[np.n
 
 def pack_rows(pairs: Sequence[tuple[np.ndarray, np.ndarray]], length: int,
               pack: bool = True) -> dict[str, np.ndarray]:
-  """(inputs, targets) pairs of <= `length` tokens -> rows [rows, length] (see module doc).
+  """(inputs, targets) pairs of <= `length` tokens -> rows (see the module docstring).
 
-  pack: lay pairs end to end in order, opening a new row when the next pair does not fit
-  (sentences are never split); False puts one pair per row.
+  Args:
+    pairs: from `lm_pairs`.
+    length: the row length.
+    pack: lay pairs end to end in order, opening a new row when the next pair does not
+      fit (sentences are never split); False puts one pair per row.
+  Returns:
+    {'inputs', 'targets', 'segment_ids', 'positions'}: int32 [rows, length] each.
   """
   rows: list[list[tuple[np.ndarray, np.ndarray]]] = []
   used = length + 1
@@ -76,9 +89,19 @@ PAIR_FIELDS = ("src", "tgt_in", "tgt_out", "src_segments", "tgt_segments", "src_
 
 
 def pack_pairs(examples: Sequence[dict], src_len: int, tgt_len: int) -> dict[str, np.ndarray]:
-  """[{'src': ids, 'tgt': ids}] (no BOS/EOS) -> packed rows: src* [rows, src_len],
-  tgt* [rows, tgt_len] int32 (fields `PAIR_FIELDS`). Pairs longer than a row are cut
-  (as the padded batches cut them); a pair opens a new row when either side would overflow."""
+  """Sequence-to-sequence pairs -> packed rows on both sides.
+
+  Pairs longer than a row are cut (as the padded batches cut them); a pair opens a new row
+  when either side would overflow.
+
+  Args:
+    examples: [{'src': ids, 'tgt': ids}] without BOS / EOS.
+    src_len: source row length.
+    tgt_len: target row length.
+  Returns:
+    The fields `PAIR_FIELDS`, int32: 'src', 'src_segments', 'src_positions'
+    [rows, src_len]; 'tgt_in', 'tgt_out', 'tgt_segments', 'tgt_positions' [rows, tgt_len].
+  """
   rows: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
   used = (src_len + 1, tgt_len + 1)
   for ex in examples:
@@ -108,11 +131,23 @@ def pack_pairs(examples: Sequence[dict], src_len: int, tgt_len: int) -> dict[str
 
 
 def rows_as_examples(rows: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-  """Column arrays -> one example dict per row (what the grain pipeline samples)."""
+  """Column arrays -> one example dict per row (what the grain pipeline samples).
+
+  Args:
+    rows: {field: [rows, length]} (from `pack_rows` / `pack_pairs`).
+  Returns:
+    [{field: [length]}], one dict per row.
+  """
   n = len(next(iter(rows.values())))
   return [{k: v[i] for k, v in rows.items()} for i in range(n)]
 
 
 def fill_rate(rows: dict[str, np.ndarray]) -> float:
-  """Fraction of the row slots that hold a real token."""
+  """Fraction of the row slots that hold a real token.
+
+  Args:
+    rows: from `pack_rows` (needs 'segment_ids' [rows, length]).
+  Returns:
+    A float in [0, 1].
+  """
   return float((rows["segment_ids"] > 0).mean()) if rows["segment_ids"].size else 0.0

@@ -66,9 +66,11 @@ class TrainStream:
     return batch
 
   def get_state(self) -> dict[str, int]:
+    """{'step': the next global batch}: what a checkpoint stores."""
     return {"step": int(self.step)}
 
   def set_state(self, state: dict[str, int]) -> None:
+    """Resumes at `state['step']` (from `get_state`)."""
     self.step = int(state["step"])
 
 
@@ -119,9 +121,11 @@ class Prefetch:
     return batch
 
   def get_state(self) -> dict[str, int]:
+    """{'step': the next batch to consume} (batches built ahead are not counted)."""
     return {"step": int(self.next_step)}
 
   def set_state(self, state: dict[str, int]) -> None:
+    """Drops the batches built ahead and resumes at `state['step']`."""
     for fut in self._pending:
       fut.cancel()
     self._pending.clear()

@@ -52,6 +52,8 @@ def _tfds_split(name: str, split: str, data_dir: str | None):
 
 
 def image_source(cfg, split: str) -> Sequence[dict[str, Any]]:
+  """The random-access examples `{'image': uint8 [h, w, c], 'label': int}` of `split`:
+  tfds (`cfg.source == 'tfds'`) or a local IDX folder, image folder or tar (`cfg.path`)."""
   if cfg.source == "tfds":
     return _tfds_split(cfg.name, split, cfg.get("data_dir"))
   return I.load_local_images(cfg.path, split)

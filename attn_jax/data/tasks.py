@@ -121,8 +121,17 @@ def reverse_task(n: int, seed: int | np.random.Generator = 0, min_len: int = 3,
                  max_len: int = 8, num_symbols: int = 10):
   """Reverse a random symbol string: 'abc' -> 'cba'.
 
-  Returns (src [n, max_len], tgt [n, max_len + 1], vocab); output position i copies input
-  position len - 1 - i, so a good attention map is an anti-diagonal.
+  Output position i copies input position len - 1 - i, so a good attention map is an
+  anti-diagonal.
+
+  Args:
+    n: number of examples.
+    seed: an int seed or a `numpy.random.Generator`.
+    min_len: shortest string.
+    max_len: longest string (the width of src).
+    num_symbols: alphabet size (the first `num_symbols` lowercase letters).
+  Returns:
+    (src [n, max_len], tgt [n, max_len + 1], vocab): int32, PAD-padded; tgt ends in EOS.
   """
   return _symbol_task(lambda x: x[::-1], n, seed, min_len, max_len, num_symbols)
 
@@ -179,6 +188,12 @@ def date_task(n: int, seed: int | np.random.Generator = 0, formats: Sequence[str
   Dates are uniform over [start, end]; each example uses a uniformly chosen format from
   `formats`. Both sides use `date_vocab()`.
 
+  Args:
+    n: number of examples.
+    seed: an int seed or a `numpy.random.Generator`.
+    formats: input formats to draw from (see `DATE_FORMATS`).
+    start: first date.
+    end: last date.
   Returns:
     (src [n, DATE_SRC_LEN], tgt [n, DATE_TGT_LEN], vocab) int32, PAD-padded; tgt ends in EOS.
   """

@@ -88,10 +88,13 @@ class WordTokenizer:
 
   @staticmethod
   def split(text: str) -> list[str]:
+    """The lower-cased word and punctuation tokens of `text`."""
     return _WORD.findall(text.lower())
 
   @classmethod
   def fit(cls, texts: Iterable[str], min_freq: int = 2, max_size: int | None = None):
+    """A tokenizer of the words seen at least `min_freq` times in `texts` (most frequent
+    first, at most `max_size`), after PAD, BOS, EOS, UNK."""
     texts = list(texts)
     counts = collections.Counter(w for t in texts for w in cls.split(t))
     words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
@@ -107,9 +110,11 @@ class WordTokenizer:
 
   @property
   def vocab_size(self) -> int:
+    """Number of ids, specials included."""
     return len(self.itos)
 
   def encode(self, text: str) -> list[int]:
+    """Text -> ids (UNK for unknown words), without BOS / EOS."""
     return [self.stoi.get(w, UNK) for w in self.split(text)]
 
   def decode(self, ids: Iterable[int]) -> str:
@@ -127,6 +132,8 @@ class SentencePieceTokenizer:
 
   @classmethod
   def fit(cls, texts: Iterable[str], vocab_size: int = 8000, model_type: str = "unigram"):
+    """Trains a `model_type` ('unigram' | 'bpe') model of about `vocab_size` pieces on
+    `texts`; ids 0..3 are PAD, BOS, EOS, UNK."""
     import sentencepiece as spm
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -137,12 +144,15 @@ class SentencePieceTokenizer:
 
   @property
   def vocab_size(self) -> int:
+    """Number of pieces, specials included."""
     return self.sp.get_piece_size()
 
   def encode(self, text: str) -> list[int]:
+    """Text -> piece ids, without BOS / EOS."""
     return list(self.sp.encode(text))
 
   def decode(self, ids: Iterable[int]) -> str:
+    """Ids -> text; stops at the first EOS and drops PAD and BOS."""
     return self.sp.decode([i for i in _until_eos(ids) if i != PAD and i != BOS])
 
 
@@ -155,14 +165,17 @@ class CharTokenizer:
 
   @classmethod
   def fit(cls, texts: Iterable[str], min_freq: int = 1):
+    """A tokenizer of the characters seen at least `min_freq` times in `texts` (sorted)."""
     counts = collections.Counter(c for t in texts for c in t)
     return cls(sorted(c for c, n in counts.items() if n >= min_freq))
 
   @property
   def vocab_size(self) -> int:
+    """Number of ids, specials included."""
     return len(self.itos)
 
   def encode(self, text: str) -> list[int]:
+    """Text -> one id per character (UNK for unseen ones), without BOS / EOS."""
     return [self.stoi.get(c, UNK) for c in text]
 
   def decode(self, ids: Iterable[int]) -> str:

@@ -75,8 +75,9 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   scorer: rows with no valid key output zeros (with zero gradient).
 
   Args:
-    q: [..., heads, q_len, d_k] queries; k: [..., kv_heads, kv_len, d_k];
-      v: [..., kv_heads, kv_len, d_v]. kv_heads may divide heads (GQA; 1: MQA).
+    q: [..., heads, q_len, d_k] queries.
+    k: [..., kv_heads, kv_len, d_k] keys; kv_heads divides heads (GQA; 1: MQA).
+    v: [..., kv_heads, kv_len, d_v] values.
     scale: score scale (default 1/sqrt(d_k)).
     mask: bool, broadcastable to [..., heads, q_len, kv_len]; True = may attend.
     bias: additive, broadcastable to [..., heads, q_len, kv_len]; differentiable (its
@@ -85,16 +86,19 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     is_causal: query i sees keys j <= i + kv_len - q_len (aligned at the end).
     window: (left, right) sliding window around each query's position (None: unbounded
       side; an int w: (w, w)); tiles outside it are not visited.
-    q_segment_ids: [q_len] or [batch, q_len] integer ids (packed sequences);
-      kv_segment_ids: [kv_len] or [batch, kv_len] (default: q_segment_ids when
-      q_len == kv_len). A query sees only keys with its id.
+    q_segment_ids: [q_len] or [batch, q_len] integer ids (packed sequences); a query
+      sees only keys with its id.
+    kv_segment_ids: [kv_len] or [batch, kv_len] (default: q_segment_ids when
+      q_len == kv_len).
     softcap: `softcap * tanh(s / softcap)` on the scaled scores (before bias and masks).
     alibi_slopes: [heads] (or broadcastable to the leading axes) ALiBi slopes; adds
       `-slope * |i + kv_len - q_len - j|`, computed per tile. Not differentiated.
-    block_q, block_k: forward tile sizes (default `default_blocks`, capped by
-      `tiles.window_cap` for a bounded window); clipped to the lengths.
-    block_q_bwd, block_k_bwd: backward tile sizes (default `default_blocks`); they must
-      divide block_q / block_k. `python -m experiments.tune_blocks` measures tile sizes.
+    block_q: forward query tile (default `tiles.default_blocks`, capped by
+      `tiles.window_cap` for a bounded window); clipped to q_len.
+    block_k: forward key tile (default and cap as block_q); clipped to kv_len.
+    block_q_bwd: backward query tile (default `tiles.default_blocks`); must divide
+      block_q. `python -m experiments.tune_blocks` measures tile sizes.
+    block_k_bwd: backward key tile; must divide block_k.
     group_size: without gradients, the forward runs the Z = prod(K/V leading axes) rows as
       independent kernels of this many rows each (default `tiles.group_rows`; one kernel
       when a mask or bias is given). Under `jax.grad` all rows run at once.

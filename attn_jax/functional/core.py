@@ -18,10 +18,11 @@ from attn_jax.functional import _variants as V
 from attn_jax.functional import backends as Bk
 from attn_jax.functional import blockwise as Bw
 from attn_jax.functional import masks as M
+from attn_jax.functional import ring as R
 from attn_jax.functional import scoring as S
 
-Implementation = Literal["reference", "blockwise", "xla", "cudnn"]
-IMPLEMENTATIONS = ("reference", "blockwise", "xla", "cudnn")
+Implementation = Literal["reference", "blockwise", "xla", "cudnn", "ring"]
+IMPLEMENTATIONS = ("reference", "blockwise", "xla", "cudnn", "ring")
 
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
@@ -119,8 +120,12 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       see `backends.select_implementation`), 'reference' (the three stages in jnp;
       any scorer, dropout, weights), 'blockwise' (flash-style tiles, O(N) memory,
       see `blockwise_attention`), 'xla' or 'cudnn' (`jax.nn.dot_product_attention`;
-      'cudnn' needs a GPU and fp16/bf16; no `softcap`). All but 'reference' take the
-      default scorer only, no dropout and return_weights=False.
+      'cudnn' needs a GPU and fp16/bf16; no `softcap`), 'ring' (`ring.ring_attention`
+      over the 'seq' axis of the `jax.set_mesh` mesh: sequence parallelism; valid_lens
+      [batch], causal, segment ids, GQA). All but 'reference' take the default scorer
+      only, no dropout and return_weights=False. Under `jax.set_mesh(mesh)` with a 'seq'
+      axis of size > 1, None picks 'ring' for every request it supports
+      (`ring.ring_supported`); others take the usual paths (XLA then gathers the sequence).
   Returns:
     out [..., q_len, d_v] in q's dtype, or (out, weights) if `return_weights`.
     Rows with no valid key output zeros on every path. Values at keys that no query
@@ -139,6 +144,21 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   var = V.check_variants(fn, shape, window=window, q_segment_ids=q_segment_ids,
                          kv_segment_ids=kv_segment_ids, softcap=softcap,
                          alibi_slopes=alibi_slopes)
+  if implementation == "ring" or (implementation is None and R.context_mesh() is not None):
+    lacks = R.ring_supported(q, k, v, mask=mask, bias=bias, valid_lens=valid_lens,
+                             window=var.window, softcap=var.softcap,
+                             alibi_slopes=var.alibi_slopes, custom_scorer=score_fn is not None,
+                             dropout_rate=dropout_rate, return_weights=return_weights,
+                             segment_ids=(q_segment_ids, kv_segment_ids))
+    if implementation == "ring" and lacks:
+      raise ValueError(f"attention(): implementation='ring' does not support: {lacks}.")
+    if implementation == "ring" and R.context_mesh() is None:
+      raise ValueError("attention(): implementation='ring' needs a mesh with a 'seq' axis of "
+                       "size > 1 set by jax.set_mesh(mesh).")
+    if not lacks:
+      return R.context_ring_attention(q, k, v, valid_lens=valid_lens, is_causal=is_causal,
+                                      q_segment_ids=q_segment_ids,
+                                      kv_segment_ids=kv_segment_ids, scale=scale)
   if valid_lens is not None or mask is not None:
     keep = M.combine_masks(
         mask, None if valid_lens is None else M.valid_lens_mask(valid_lens, shape, fn))

@@ -60,6 +60,10 @@ def causal_mask(q_len: int, kv_len: int | None = None, offset: int = 0) -> jax.A
   With `kv_len > q_len` and `offset = kv_len - q_len` the queries are the last
   `q_len` positions of the sequence (incremental decoding with a cache).
 
+  Args:
+    q_len: number of queries.
+    kv_len: number of keys (default q_len).
+    offset: position of query 0 among the keys.
   Returns:
     [q_len, kv_len] bool.
   """
@@ -73,7 +77,8 @@ def window_mask(q_len: int, kv_len: int | None = None,
   """Sliding-window (band) mask: query i sees keys `i + offset - left <= j <= i + offset + right`.
 
   Args:
-    q_len, kv_len: lengths (kv_len defaults to q_len).
+    q_len: number of queries.
+    kv_len: number of keys (default q_len).
     window: (left, right) keys allowed before / after the query's own position; None
       leaves that side unbounded. (left, 0) is causal local attention.
     offset: the queries' position shift, as in `causal_mask` (kv_len - q_len aligns them
@@ -105,7 +110,14 @@ def segment_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array) -> jax.Arr
 
 
 def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
-  """Logical AND of broadcastable boolean masks; `None` entries are ignored."""
+  """Logical AND of broadcastable boolean masks; `None` entries are ignored.
+
+  Args:
+    *masks: bool arrays that broadcast together (e.g. [q_len, kv_len] and
+      [batch, 1, 1, kv_len]), or None.
+  Returns:
+    The broadcast bool mask, or None when every entry is None.
+  """
   masks = [m for m in masks if m is not None]
   if not masks:
     return None
@@ -116,13 +128,26 @@ def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
 
 
 def mask_to_bias(mask: jax.Array, dtype=jnp.float32) -> jax.Array:
-  """Boolean mask -> additive bias: 0 where True, `NEG_INF` (clipped to `dtype`) where False."""
+  """Boolean mask -> additive bias: 0 where True, `NEG_INF` (clipped to `dtype`) where False.
+
+  Args:
+    mask: bool, any shape (e.g. [..., q_len, kv_len]).
+    dtype: dtype of the bias.
+  Returns:
+    The bias, same shape as `mask`.
+  """
   neg = max(NEG_INF, float(jnp.finfo(dtype).min))
   return jnp.where(mask, jnp.zeros((), dtype), jnp.asarray(neg, dtype))
 
 
 def bias_to_mask(bias: jax.Array) -> jax.Array:
-  """Additive bias -> boolean mask: False where the bias blocks (below half of the dtype's min)."""
+  """Additive bias -> boolean mask: False where the bias blocks (below half of the dtype's min).
+
+  Args:
+    bias: float, any shape (e.g. from `mask_to_bias`).
+  Returns:
+    bool, same shape as `bias`.
+  """
   return bias > 0.5 * max(NEG_INF, float(jnp.finfo(bias.dtype).min))
 
 
@@ -134,6 +159,7 @@ def valid_lens_mask(valid_lens: jax.Array, scores_shape: tuple[int, ...],
     valid_lens: an integer scalar; `[batch]` (one length per sequence, applied to
       every head and query row); or `[batch, q_len]` (one length per query row).
     scores_shape: (batch, ..., q_len, kv_len).
+    fn: the function name that errors name.
   Returns:
     bool mask of rank len(scores_shape) that broadcasts to `scores_shape`.
   """
@@ -165,6 +191,13 @@ def zero_unattended_values(v: jax.Array, keep: jax.Array | None,
   Their weight is exactly 0, but 0 * NaN is NaN: zeroing them keeps a NaN/Inf in a
   padded value out of the output. `keep` broadcasts to `scores_shape` (lead + (q, kv));
   it is reduced over the axes `v` broadcasts over, so `v` keeps its shape.
+
+  Args:
+    v: [..., kv_len, d_v] values.
+    keep: bool mask broadcastable to `scores_shape`, or None (returns `v`).
+    scores_shape: lead + (q_len, kv_len).
+  Returns:
+    [..., kv_len, d_v], `v`'s shape and dtype.
   """
   if keep is None:
     return v

@@ -49,10 +49,16 @@ def sigmoid_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   `b = -log(kv_len)` keeps the initial row sums near 1.
 
   Args:
-    q: [..., q_len, d_k]; k: [..., kv_len, d_k]; v: [..., kv_len, d_v].
+    q: [..., q_len, d_k] queries.
+    k: [..., kv_len, d_k] keys (fewer heads on axis -3 than q: GQA, as in `attention`).
+    v: [..., kv_len, d_v] values.
     bias: a float or an array broadcastable to [..., q_len, kv_len] (default -log(kv_len)).
     scale: default 1/sqrt(d_k).
-    mask, valid_lens, is_causal, window: as in `attention`; blocked keys get weight 0.
+    mask: bool, broadcastable to [..., q_len, kv_len]; True = may attend. Blocked keys
+      get weight 0 (also for the three below).
+    valid_lens: [batch] or [batch, q_len] number of valid keys.
+    is_causal: block keys after the query position (aligned at the end).
+    window: sliding window (left, right) or an int w: (w, w), as in `attention`.
     return_weights: also return the weights [..., q_len, kv_len].
   Returns:
     [..., q_len, d_v] in q's dtype, or (out, weights).
@@ -97,6 +103,11 @@ def performer_features(key: jax.Array, num_features: int, dim: int,
   orthogonal rows (QR of a Gaussian matrix) rescaled to chi-distributed norms, which
   lowers the estimator's variance.
 
+  Args:
+    key: PRNG key.
+    num_features: number of random features m.
+    dim: the feature width d_k of the queries and keys it will project.
+    orthogonal: orthogonal blocks (else i.i.d. Gaussian rows).
   Returns:
     [num_features, dim] float32.
   """
@@ -180,7 +191,9 @@ def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       as `num_features` grows. Needs `key` (a `jax.random.key`) or `projection`.
 
   Args:
-    q: [..., q_len, d_k]; k: [..., kv_len, d_k]; v: [..., kv_len, d_v].
+    q: [..., q_len, d_k] queries.
+    k: [..., kv_len, d_k] keys.
+    v: [..., kv_len, d_v] values.
     feature_map: 'elu1' or 'performer'.
     key: PRNG key for the Performer projection (`performer_features`).
     num_features: Performer features m (default max(64, 2 * d_k)).
@@ -190,6 +203,7 @@ def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     causal: query i sees keys j <= i (needs q_len == kv_len); computed as prefix sums
       over chunks of `chunk_size` rows (a scan), still O(n).
     valid_lens: [batch] number of valid keys (the rest are dropped).
+    chunk_size: rows per chunk of the causal prefix sums.
   Returns:
     [..., q_len, d_v] in q's dtype; rows whose keys all drop out are 0.
   """

@@ -38,7 +38,9 @@ def patches_to_image(patches: jax.Array, patch_size: int, height: int, width: in
 
   Args:
     patches: [batch, (height/p) * (width/p), p * p * channels].
-    patch_size: patch side p; height, width: image size in pixels.
+    patch_size: patch side p.
+    height: image height in pixels (a multiple of p).
+    width: image width in pixels (a multiple of p).
   Returns:
     [batch, height, width, channels].
   """

@@ -13,8 +13,13 @@ def sinusoidal_positions(length: int, dim: int, base: float = 10000.0,
                          dtype=jnp.float32) -> jax.Array:
   """Sinusoidal encodings of Vaswani et al.: `P[p, 2i] = sin(p / base^(2i/dim))`, `P[p, 2i+1] = cos(...)`.
 
+  Args:
+    length: number of positions.
+    dim: encoding width (even).
+    base: frequency base.
+    dtype: output dtype.
   Returns:
-    [length, dim] (dim must be even).
+    [length, dim].
   """
   if dim % 2:
     raise ValueError(f"sinusoidal_positions(): argument 'dim' must be even, got {dim}.")
@@ -31,6 +36,12 @@ def sincos_2d_positions(height: int, width: int, dim: int, temperature: float = 
 
   A quarter of the channels each hold sin(x), cos(x), sin(y), cos(y).
 
+  Args:
+    height: grid rows.
+    width: grid columns.
+    dim: encoding width (divisible by 4).
+    temperature: frequency base.
+    dtype: output dtype.
   Returns:
     [height * width, dim] in row-major (y, x) order; dim must be divisible by 4.
   """
@@ -45,7 +56,15 @@ def sincos_2d_positions(height: int, width: int, dim: int, temperature: float = 
 
 
 def rotary_angles(positions: jax.Array, dim: int, base: float = 10000.0) -> jax.Array:
-  """Rotation angles `positions[..., None] * base^(-2i/dim)`: [..., dim // 2]."""
+  """Rotation angles `positions[..., None] * base^(-2i/dim)` of `apply_rotary`.
+
+  Args:
+    positions: [...] integer or float positions.
+    dim: the rotated width (even).
+    base: frequency base.
+  Returns:
+    [..., dim // 2] float32.
+  """
   inv = base ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
   return jnp.asarray(positions, jnp.float32)[..., None] * inv
 
@@ -60,6 +79,7 @@ def apply_rotary(x: jax.Array, positions: jax.Array | None = None,
   Args:
     x: [..., len, dim] queries or keys (dim even).
     positions: [len] or broadcastable to x.shape[:-1]; default arange(len).
+    base: frequency base.
   Returns:
     [..., len, dim] in x's dtype.
   """
@@ -84,6 +104,8 @@ def alibi_slopes(num_heads: int) -> jax.Array:
   n' = 2^floor(log2 n) slopes of n' come first, then every other slope of 2 n' (the
   paper's reference code), so each head count gets distinct slopes in (0, 1).
 
+  Args:
+    num_heads: number of heads.
   Returns:
     [num_heads] float32.
   """
@@ -113,7 +135,8 @@ def alibi_bias(slopes: jax.Array, q_len: int, kv_len: int | None = None,
 
   Args:
     slopes: [..., heads] (e.g. `alibi_slopes(heads)`).
-    q_len, kv_len: lengths (kv_len defaults to q_len).
+    q_len: number of queries.
+    kv_len: number of keys (default q_len).
     offset: query position shift as in `causal_mask` (kv_len - q_len: aligned at the end).
   Returns:
     [..., heads, q_len, kv_len] float32.

@@ -82,5 +82,12 @@ def grid_sample(images: jax.Array, grid: jax.Array) -> jax.Array:
 
 
 def identity_theta(batch: int = 1, dtype=jnp.float32) -> jax.Array:
-  """[batch, 2, 3] identity affine matrices."""
+  """Identity affine matrices (what a Spatial Transformer starts from).
+
+  Args:
+    batch: number of matrices.
+    dtype: output dtype.
+  Returns:
+    [batch, 2, 3].
+  """
   return jnp.broadcast_to(jnp.asarray([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype), (batch, 2, 3))

@@ -66,6 +66,15 @@ def init_additive_params(key: jax.Array, d_q: int, d_k: int, hidden: int,
   """Parameters for `additive_scores`: {'W_q': [d_q, hidden], 'W_k': [d_k, hidden], 'v': [hidden]}.
 
   Glorot-uniform matrices (as torch/flax Dense with xavier), uniform `v`.
+
+  Args:
+    key: PRNG key.
+    d_q: query width.
+    d_k: key width.
+    hidden: width of the hidden tanh layer.
+    dtype: parameter dtype.
+  Returns:
+    {'W_q': [d_q, hidden], 'W_k': [d_k, hidden], 'v': [hidden]}.
   """
   kq, kk, kv = jax.random.split(key, 3)
   glorot = jax.nn.initializers.glorot_uniform()

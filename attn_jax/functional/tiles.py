@@ -9,8 +9,8 @@ from typing import NamedTuple
 
 import jax
 
-# Default tiles, measured with experiments/tune_blocks.py (interleaved with jax.nn, see the
-# README). XLA runs each op of a tile over all Z = batch*heads rows at once and every
+# Default tiles, measured with experiments/tune_blocks.py (interleaved with jax.nn, see
+# docs/performance.md). XLA runs each op of a tile over all Z = batch*heads rows at once and every
 # tile costs a loop iteration, so on CPU large tiles win: non-causal, forward 4096 x 512
 # at Z = 8 (1.5x faster than 512 x 256) and a score budget Z*block_q*block_k of 2^24
 # (64 MiB of f32 scores) at Z = 32; the backward, which holds four score-sized
@@ -74,6 +74,15 @@ def default_blocks(z: int, causal: bool = False, backend: str | None = None,
   Causal with q_len <= max_block_q_causal (where the backend sets `short_causal`): square
   tiles, the largest powers of two within the `short_causal` budgets; if one forward tile
   covers q_len x kv_len, the backward uses it too (no loops; measured faster).
+
+  Args:
+    z: rows of the kernel, batch * heads (the K/V leading axes times the query groups).
+    causal: causal attention.
+    backend: 'cpu', 'gpu' or 'tpu' (default `jax.default_backend()`).
+    q_len: number of queries (selects the short causal tiles).
+    kv_len: number of keys.
+  Returns:
+    (block_q, block_k, block_q_bwd, block_k_bwd) ints.
   """
   t = TILES.get(backend or jax.default_backend(), TILES["cpu"])
   if _short_causal(t, causal, q_len):
@@ -91,10 +100,19 @@ def group_rows(z: int, causal: bool = False, q_len: int | None = None,
   independent kernels (z: one kernel), each with the tiles for all Z rows.
 
   On CPU separate kernels over groups of 8 rows ran faster than one over all rows at
-  batch 4 (N = 512: 22 vs 37 ms; 1,024: 83 vs 98 ms; causal 2,048: 220 vs 272 ms; README):
+  batch 4 (N = 512: 22 vs 37 ms; 1,024: 83 vs 98 ms; causal 2,048: 220 vs 272 ms;
+  docs/performance.md):
   XLA fuses and schedules the groups on their own. Forward+backward did not gain (N = 256:
   28 vs 20 ms), so under `jax.grad` all rows run at once; short causal sequences did not
   gain either. The group count is capped (`max_groups`): each group is traced and compiled.
+
+  Args:
+    z: rows, batch * heads.
+    causal: causal attention.
+    q_len: number of queries.
+    backend: 'cpu', 'gpu' or 'tpu' (default `jax.default_backend()`).
+  Returns:
+    Rows per kernel (z: a single kernel).
   """
   t = TILES.get(backend or jax.default_backend(), TILES["cpu"])
   if not t.group_rows or z <= t.group_rows or _short_causal(t, causal, q_len):

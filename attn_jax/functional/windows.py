@@ -39,7 +39,9 @@ def window_reverse(windows: jax.Array, window: int, height: int, width: int) -> 
 
   Args:
     windows: [batch, (height/M) * (width/M), M * M, channels].
-    window: window side M; height, width: feature map size.
+    window: window side M.
+    height: feature map height (a multiple of M).
+    width: feature map width (a multiple of M).
   Returns:
     [batch, height, width, channels].
   """
@@ -57,14 +59,25 @@ def window_reverse(windows: jax.Array, window: int, height: int, width: int) -> 
 def cyclic_shift(x: jax.Array, shift: int) -> jax.Array:
   """Rolls a feature map up and left by `shift` tokens (Swin's SW-MSA shift).
 
-  x: [batch, height, width, channels] -> same shape; `reverse_cyclic_shift` undoes it.
+  Args:
+    x: [batch, height, width, channels].
+    shift: tokens to roll along height and width.
+  Returns:
+    [batch, height, width, channels]; `reverse_cyclic_shift` undoes it.
   """
   C.check_rank("cyclic_shift", "x", x, "[batch, height, width, channels]", rank=4)
   return jnp.roll(x, (-shift, -shift), axis=(1, 2))
 
 
 def reverse_cyclic_shift(x: jax.Array, shift: int) -> jax.Array:
-  """Rolls a feature map down and right by `shift` tokens: the inverse of `cyclic_shift`."""
+  """Rolls a feature map down and right by `shift` tokens: the inverse of `cyclic_shift`.
+
+  Args:
+    x: [batch, height, width, channels].
+    shift: tokens to roll along height and width.
+  Returns:
+    [batch, height, width, channels].
+  """
   C.check_rank("reverse_cyclic_shift", "x", x, "[batch, height, width, channels]", rank=4)
   return jnp.roll(x, (shift, shift), axis=(1, 2))
 
@@ -72,7 +85,11 @@ def reverse_cyclic_shift(x: jax.Array, shift: int) -> jax.Array:
 def pad_to_window(x: jax.Array, window: int) -> jax.Array:
   """Zero-pads height and width at the bottom / right up to multiples of `window`.
 
-  x: [batch, height, width, channels] -> [batch, ceil(height/M) M, ceil(width/M) M, channels].
+  Args:
+    x: [batch, height, width, channels].
+    window: window side M.
+  Returns:
+    [batch, ceil(height/M) M, ceil(width/M) M, channels] (x itself when no padding is needed).
   """
   C.check_rank("pad_to_window", "x", x, "[batch, height, width, channels]", rank=4)
   ph, pw = (-x.shape[1]) % window, (-x.shape[2]) % window
@@ -105,8 +122,10 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int) -> jax
   tokens come from the same pre-shift region, as in the official Swin code.
 
   Args:
-    height, width: size of the (padded) feature map, multiples of `window`.
-    window: window side M; shift: shift in tokens (0 gives an all-True mask).
+    height: height of the (padded) feature map, a multiple of `window`.
+    width: width of the (padded) feature map, a multiple of `window`.
+    window: window side M.
+    shift: shift in tokens (0 gives an all-True mask).
   Returns:
     bool [num_windows, M * M, M * M], True = may attend.
   """
@@ -123,8 +142,10 @@ def window_padding_mask(height: int, width: int, window: int, shift: int = 0) ->
   """Key mask that hides the zero padding added by `pad_to_window`.
 
   Args:
-    height, width: size of the feature map before padding.
-    window: window side M; shift: the cyclic shift applied after padding.
+    height: feature map height before padding.
+    width: feature map width before padding.
+    window: window side M.
+    shift: the cyclic shift applied after padding.
   Returns:
     bool [num_windows, 1, M * M] over the padded (and shifted) map, True = real token.
   """
@@ -142,6 +163,8 @@ def relative_position_index(window: int) -> jax.Array:
   `(y_i - y_j + M - 1) * (2M - 1) + (x_i - x_j + M - 1)` of a table with
   (2M - 1)^2 rows, so pairs with the same offset share a bias.
 
+  Args:
+    window: window side M.
   Returns:
     int32 [M * M, M * M] with values in [0, (2M - 1)^2).
   """

@@ -26,9 +26,10 @@ class MlpBlock(nn.Module):
     out_dim: output width (default: the input width).
     activation: 'gelu' (exact), 'gelu_tanh' or 'relu'.
     dropout_rate: dropout after the activation (when `train`).
-    kernel_init, bias_init: initialisers of both layers (default: ViT's xavier uniform and
-      N(0, 1e-6) biases).
-    dtype: compute dtype (None: the input's); param_dtype: parameter dtype.
+    kernel_init: initialiser of both kernels (default: ViT's xavier uniform).
+    bias_init: initialiser of both biases (default: N(0, 1e-6)).
+    dtype: compute dtype (None: the input's).
+    param_dtype: parameter dtype.
   """
   mlp_dim: int
   out_dim: int | None = None
@@ -41,6 +42,14 @@ class MlpBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Applies fc1, the activation, dropout and fc2.
+
+    Args:
+      x: [..., d].
+      train: enables dropout (the 'dropout' RNG stream).
+    Returns:
+      [..., out_dim or d].
+    """
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"MlpBlock: activation must be one of {sorted(ACTIVATIONS)}, got "
                        f"{self.activation!r}.")

@@ -77,7 +77,15 @@ def run_stack(make_block: Callable[[str, int | None], nn.Module], x: jax.Array, 
 
 def stack_params(tree: Mapping[str, Any], name: str, depth: int) -> dict[str, Any]:
   """Unrolled layout -> scanned: `<name>0..<name>{depth-1}` become `<name>_scan` with a
-  leading [depth] axis on every leaf (applies at any nesting level of `tree`)."""
+  leading [depth] axis on every leaf (applies at any nesting level of `tree`).
+
+  Args:
+    tree: a params dict, e.g. a ViT's with `block0` ... `block{depth-1}`.
+    name: the layer prefix ('block', 'layer').
+    depth: number of layers.
+  Returns:
+    The same dict with `<name>_scan`: every leaf [depth, *leaf_shape] (NumPy).
+  """
   tree = dict(tree)
   keys = [f"{name}{i}" for i in range(depth)]
   if all(k in tree for k in keys):
@@ -88,7 +96,14 @@ def stack_params(tree: Mapping[str, Any], name: str, depth: int) -> dict[str, An
 
 
 def unstack_params(tree: Mapping[str, Any], name: str) -> dict[str, Any]:
-  """Scanned layout -> unrolled: the inverse of `stack_params`."""
+  """Scanned layout -> unrolled: the inverse of `stack_params`.
+
+  Args:
+    tree: a params dict holding `<name>_scan` (leaves [depth, ...]) at any level.
+    name: the layer prefix.
+  Returns:
+    The dict with `<name>0` ... `<name>{depth-1}`, leaves [*leaf_shape].
+  """
   out = {}
   for k, v in tree.items():
     if k == f"{name}_scan":

@@ -75,8 +75,15 @@ def model_for(path: str, num_classes: int | None = None, **overrides) -> nn.Modu
   """The ViT / SwinTransformer a checkpoint was made for (a new head with `num_classes`).
 
   Read from the shapes (and from the metadata of files written by `export_timm`); timm ViT
-  files without it get 64-wide heads (true of timm's Ti/S/B/L). `**overrides`: any other
-  constructor attribute (e.g. `posemb_grid` for a new resolution, `dtype`).
+  files without it get 64-wide heads (true of timm's Ti/S/B/L).
+
+  Args:
+    path: the checkpoint file (`.npz`, `.safetensors`, `.pth`).
+    num_classes: outputs of the head (default: the checkpoint's).
+    **overrides: any other constructor attribute (e.g. `posemb_grid` for a new
+      resolution, `window_size`, `dtype`).
+  Returns:
+    An unbound `ViT` or `SwinTransformer`.
   """
   tensors, metadata = io.read_checkpoint(path)
   family, _ = detect(tensors, "auto", path)
@@ -107,6 +114,7 @@ def load(model_or_config, path: str, *, num_classes: int | None = None,
     model_or_config: the model (either `scan_layers`), or a run config / `config.model`
       (then `num_classes` is needed unless `config.data.num_classes` says it).
     path: `.npz` (vision_transformer / big_vision), `.safetensors` or `.pth` (timm, Microsoft).
+    num_classes: classifier outputs when the model is built from a config.
     image_size: the input size the params are for (the ViT position table's grid, Swin's
       effective windows); default `layout.default_image_size`.
     format: 'auto' | 'timm' | 'big_vision' (the key layout; 'auto' reads it from the keys).
@@ -115,6 +123,7 @@ def load(model_or_config, path: str, *, num_classes: int | None = None,
       target and their values fill whatever the checkpoint does not give (a new head).
       Default: shapes from `jax.eval_shape(model.init)` (nothing compiled), a new head
       zeros, a new pre-logits kernel LeCun normal from `rng`.
+    rng: PRNG key for freshly initialised entries (default `jax.random.key(0)`).
     method: resampling of position / bias tables, 'bilinear' or 'bicubic'.
   Returns:
     (params: nested dict of NumPy arrays in the model's layout and param dtype, LoadReport).
@@ -226,7 +235,15 @@ def _grid_of(model: ViT, flat: dict[str, np.ndarray], image_size) -> tuple[int, 
 
 def to_timm_state_dict(model: nn.Module, params: Any,
                        image_size: int | tuple[int, int] | None = None) -> dict[str, np.ndarray]:
-  """The model's params (either layout) -> a timm state dict {name: NumPy array}."""
+  """The model's params (either layout) -> a timm state dict {name: NumPy array}.
+
+  Args:
+    model: the `ViT` / `SwinTransformer` the params belong to.
+    params: its params, unrolled or scanned.
+    image_size: the input size (fixes the ViT position grid; default from the params).
+  Returns:
+    {timm key: array}, e.g. 'blocks.0.attn.qkv.weight' [3 * width, width].
+  """
   flat = L.as_flat(model, params)
   if isinstance(image_size, int):
     image_size = (image_size, image_size)
@@ -244,6 +261,14 @@ def export_timm(model: nn.Module, params: Any, path: str,
   timm builds the same network with e.g. `timm.create_model('vit_tiny_patch16_224',
   num_classes=...)` (ViT, `act_layer='gelu_tanh'` for a 'gelu_tanh' model) or
   `'swin_tiny_patch4_window7_224'` (Swin); `load_state_dict(..., strict=True)` accepts it.
+
+  Args:
+    model: the `ViT` / `SwinTransformer` the params belong to.
+    params: its params, unrolled or scanned.
+    path: output file, `.safetensors` or `.pth`.
+    image_size: the input size (default from the params).
+  Returns:
+    The state dict written ({timm key: NumPy array}).
   """
   sd = to_timm_state_dict(model, params, image_size)
   if isinstance(image_size, int):
@@ -263,7 +288,16 @@ def export_timm(model: nn.Module, params: Any, path: str,
 def export_run(workdir: str, path: str, step: int | None = None, best: bool = False) -> str:
   """Exports a training run's checkpoint (latest, `step`, or the best) with `export_timm`.
 
-  Needs the run's saved config and data (the model is rebuilt from them)."""
+  Needs the run's saved config and data (the model is rebuilt from them).
+
+  Args:
+    workdir: the run's workdir (holds `config.json` and `checkpoints/`).
+    path: output file, `.safetensors` or `.pth`.
+    step: checkpoint step (default: the latest).
+    best: the best checkpoint by `config.best_metric` instead.
+  Returns:
+    `path`.
+  """
   from attn_jax.analysis.evaluation import restore
   from attn_jax.train import runconfig
   config = runconfig.load(workdir)

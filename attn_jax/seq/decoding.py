@@ -34,14 +34,28 @@ NEG = -1e9  # log-prob of a forbidden move; finite so sums stay finite
 
 @flax.struct.dataclass
 class DecodeOutput:
-  """tokens [batch, max_len] int32; scores [batch]; cross_attention [batch, max_len, src_len]."""
+  """What `greedy_decode` and `beam_search` return.
+
+  Attributes:
+    tokens: [batch, max_len] int32 ids after BOS; EOS ends a hypothesis, PAD follows it.
+    scores: [batch] float32 sum of log-probs / `length_penalty_factor(length)`.
+    cross_attention: [batch, max_len, src_len] float32 cross-attention of the returned
+      hypothesis (Transformer: last decoder layer, mean over heads); zero after EOS.
+  """
   tokens: jax.Array
   scores: jax.Array
   cross_attention: jax.Array
 
 
 def length_penalty_factor(length: jax.Array, alpha: float | jax.Array) -> jax.Array:
-  """GNMT length penalty `((5 + length) / 6) ** alpha`; scores are divided by it."""
+  """GNMT length penalty `((5 + length) / 6) ** alpha`; scores are divided by it.
+
+  Args:
+    length: [...] int lengths (tokens up to and including EOS).
+    alpha: the penalty exponent (0: no normalisation).
+  Returns:
+    [...] float32.
+  """
   return ((5.0 + length.astype(jnp.float32)) / 6.0) ** alpha
 
 
@@ -76,7 +90,20 @@ def _log_probs(logits: jax.Array, finished: jax.Array) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("model", "max_len"))
 def greedy_decode(model: Any, params: Any, src: jax.Array, max_len: int,
                   src_lens: jax.Array | None = None, length_penalty: float = 0.0) -> DecodeOutput:
-  """Argmax decoding. src: [batch, src_len] -> DecodeOutput (see the module docstring)."""
+  """Argmax decoding: a `lax.scan` of exactly `max_len` steps, jit-compiled.
+
+  Args:
+    model: a module with `init_decode_state` and `decode_step` (`Seq2Seq`, `Transformer`;
+      static).
+    params: the model's params.
+    src: [batch, src_len] int32 source ids, PAD-padded.
+    max_len: output length (static).
+    src_lens: [batch] source lengths (default: the non-PAD count).
+    length_penalty: alpha of `length_penalty_factor` for the reported scores.
+  Returns:
+    `DecodeOutput`: tokens [batch, max_len], scores [batch],
+    cross_attention [batch, max_len, src_len].
+  """
   state, step = _decoder_fns(model, params, src, max_len, src_lens)
   batch = src.shape[0]
 
@@ -127,7 +154,18 @@ def beam_search(model: Any, params: Any, src: jax.Array, max_len: int, beam_size
   greedy hypothesis is decoded as well and returned where it scores higher, so the result
   never scores below `greedy_decode` under the same length penalty.
 
-  src: [batch, src_len] -> DecodeOutput (see the module docstring).
+  Args:
+    model: a module with `init_decode_state` and `decode_step` (static).
+    params: the model's params.
+    src: [batch, src_len] int32 source ids, PAD-padded.
+    max_len: output length (static).
+    beam_size: hypotheses per example (static).
+    length_penalty: alpha of `length_penalty_factor` (traced).
+    src_lens: [batch] source lengths (default: the non-PAD count).
+    greedy_fallback: also decode greedily and keep the better-scoring result (static).
+  Returns:
+    `DecodeOutput` of the best hypothesis per example: tokens [batch, max_len],
+    scores [batch], cross_attention [batch, max_len, src_len].
   """
   out = _beam_search(model, params, src, max_len, beam_size, length_penalty, src_lens)
   if not greedy_fallback or beam_size == 1:

@@ -17,16 +17,28 @@ import jax.numpy as jnp
 
 
 class Samples(NamedTuple):
+  """What `sample` returns.
+
+  Attributes:
+    tokens: [batch, prompt_len + max_new_tokens] int32, the prompt included.
+    logits: [batch, max_new_tokens, vocab] float32, the logits each new token came from.
+  """
   tokens: jax.Array   # [batch, prompt_len + max_new_tokens] int32
   logits: jax.Array   # [batch, max_new_tokens, vocab] float32: the logits each token came from
 
 
 def filter_logits(logits: jax.Array, temperature: float = 1.0, top_k: int = 0,
                   top_p: float = 1.0) -> jax.Array:
-  """logits [..., vocab] -> scaled logits with the filtered-out ids at -inf.
+  """Temperature, top-k and nucleus (top-p) filtering of next-token logits.
 
-  top_k: keep the k largest (0 = all). top_p: keep the smallest set of most likely ids
-  whose probability reaches p (the most likely id is always kept; 1.0 = all).
+  Args:
+    logits: [..., vocab].
+    temperature: divides the logits (> 0).
+    top_k: keep the k largest (0 = all).
+    top_p: keep the smallest set of most likely ids whose probability reaches p (the most
+      likely id is always kept; 1.0 = all).
+  Returns:
+    [..., vocab] float32 scaled logits, the filtered-out ids at -inf.
   """
   if temperature <= 0:
     raise ValueError(f"filter_logits: temperature must be > 0 (use greedy for 0), got "
@@ -51,9 +63,22 @@ def filter_logits(logits: jax.Array, temperature: float = 1.0, top_k: int = 0,
 
 def sample(model, params, prompt: jax.Array, max_new_tokens: int, key: jax.Array, *,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Samples:
-  """Continues `prompt` [batch, prompt_len] int32 (all rows the same length, e.g. BOS) by
-  `max_new_tokens` tokens. `temperature=0`: greedy (argmax); else sampled from
-  `filter_logits(logits, temperature, top_k, top_p)` with `key`. Runs under `jax.jit`."""
+  """Continues `prompt` by `max_new_tokens` tokens with the key/value cache. Runs under `jax.jit`.
+
+  Args:
+    model: a `TransformerLM` (cloned with `decode=True` inside).
+    params: its params.
+    prompt: [batch, prompt_len] int32, all rows the same length (e.g. BOS alone).
+    max_new_tokens: tokens to generate.
+    key: PRNG key of the sampling.
+    temperature: 0: greedy (argmax); else sampled from `filter_logits(logits,
+      temperature, top_k, top_p)`.
+    top_k: see `filter_logits`.
+    top_p: see `filter_logits`.
+  Returns:
+    `Samples`: tokens [batch, prompt_len + max_new_tokens], logits
+    [batch, max_new_tokens, vocab].
+  """
   if prompt.ndim != 2 or prompt.shape[1] < 1:
     raise ValueError(f"sample: prompt must be [batch, prompt_len >= 1] int ids, got shape "
                      f"{tuple(prompt.shape)}.")

@@ -37,7 +37,8 @@ class Seq2Seq(nn.Module):
   """RNN encoder-decoder.
 
   Attributes:
-    src_vocab, tgt_vocab: vocabulary sizes.
+    src_vocab: source vocabulary size.
+    tgt_vocab: target vocabulary size (the logits' width).
     embed_width: embedding width (encoder and decoder).
     width: recurrent units (per direction in the encoder; the decoder has `width`).
     depth: stacked recurrent layers in the encoder and in the decoder.
@@ -48,7 +49,8 @@ class Seq2Seq(nn.Module):
     dropout_rate: on embeddings, between layers and before the output layer.
     pad_id: padding id (source lengths are counted from it unless given).
     sow_weights: with 'intermediates' mutable, sow the decoder's 'cross_attention'.
-    dtype: compute dtype (e.g. bfloat16); logits stay float32. param_dtype: float32.
+    dtype: compute dtype (e.g. bfloat16); logits stay float32.
+    param_dtype: parameter dtype (float32).
   """
   src_vocab: int
   tgt_vocab: int

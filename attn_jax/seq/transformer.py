@@ -156,9 +156,14 @@ class Transformer(nn.Module):
   """Encoder-decoder Transformer.
 
   Attributes:
-    src_vocab, tgt_vocab: vocabulary sizes.
-    width, num_heads, mlp_dim: model width, heads, feed-forward hidden width.
+    src_vocab: source vocabulary size.
+    tgt_vocab: target vocabulary size (the logits' width).
+    width: model width.
+    num_heads: attention heads.
+    mlp_dim: feed-forward hidden width.
     depth: layers per stack, unless `encoder_depth` / `decoder_depth` say otherwise.
+    encoder_depth: encoder layers (default `depth`).
+    decoder_depth: decoder layers (default `depth`).
     dropout_rate: on embeddings, sublayer outputs and inside the feed-forward.
     attention_dropout_rate: on the attention weights (> 0 takes the reference attention
       path: the fast kernels have no dropout; torch's layers use `dropout_rate` here).
@@ -168,7 +173,8 @@ class Transformer(nn.Module):
       embeddings, or 'rope' (rotary positions in every self-attention, nothing added).
     num_kv_heads: key/value heads (grouped-query attention; None = num_heads).
     window: sliding window (left, right) of the self-attention (None = full; the decoder
-      is causal either way). softcap: attention-logit soft-cap (None = off).
+      is causal either way).
+    softcap: attention-logit soft-cap (None = off).
     share_embeddings: one embedding table for source and target (needs equal vocabularies).
     max_len: longest source / target sequence.
     pad_id: padding id; source lengths are counted from it unless given.

@@ -106,6 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.data = -1                   # devices splitting the batch (state replicated); -1 = the rest
   m.fsdp = 1                    # devices splitting the batch and large params + optimizer state
   m.model = 1                   # tensor parallel: devices splitting attention heads, MLP hidden
+  m.seq = 1                     # sequence parallel: devices splitting [batch, len] inputs (ring attention)
   m.fsdp_min_size = 16384       # fsdp shards only parameters of at least this many elements
   return c
 
@@ -245,9 +246,6 @@ def _batch_shards(config, num_devices: int | None) -> tuple[int, str]:
     return num_devices or 0, "devices"
   if config.strategy == "pmap":
     raise ConfigError("config.mesh needs config.strategy='jit' (pmap only replicates).")
-  if sizes["seq"] > 1:
-    raise ConfigError("config.mesh.seq: the training models do not split sequences; use "
-                      "attn_jax.functional.ring with a mesh of your own.")
   n = sizes["data"] * sizes["fsdp"] if num_devices else 0
   return n, f"devices of mesh axes data x fsdp ({sizes['data']} x {sizes['fsdp']})"
 

@@ -49,14 +49,25 @@ class Setup:
   init_fn: Callable[[], step_lib.TrainState]
 
   def init_state(self) -> step_lib.TrainState:
+    """The initial TrainState, created on the strategy's devices in its shardings."""
     return self.strategy.init_state(self.init_fn)
 
   def abstract_state(self) -> Any:
+    """The TrainState's `jax.ShapeDtypeStruct`s with their shardings (a restore target)."""
     return self.strategy.abstract_state(self.init_fn)
 
 
 def setup(config, workdir: str) -> Setup:
-  """Validates `config`, joins the other processes and builds data, model, task, optimizer."""
+  """Validates `config`, joins the other processes and builds data, model, task, optimizer.
+
+  Args:
+    config: a run config (`attn_jax.train.config.base_config()` and a config file's keys).
+    workdir: the run's folder (unused here: setup writes nothing).
+  Returns:
+    The `Setup`.
+  Raises:
+    ConfigError: an invalid config (the message names the key).
+  """
   del workdir   # the workdir is the loop's; setup writes nothing
   parallel.initialize_distributed(config.distributed)
   config_lib.validate(config, jax.device_count())
@@ -101,7 +112,16 @@ def _print_memory(strategy, state, train_step, data) -> None:
 
 
 def evaluate(strategy, eval_step, state, batches: Iterator[dict[str, np.ndarray]]) -> dict:
-  """Sums the masked eval sums over every batch -> means prefixed 'eval_'."""
+  """Sums the masked eval sums over every batch -> means prefixed 'eval_'.
+
+  Args:
+    strategy: the run's `parallel` strategy (puts batches on the devices).
+    eval_step: from `step.make_eval_step`, compiled by the strategy.
+    state: the TrainState on the devices.
+    batches: host batches, e.g. {'image': [b, h, w, c], 'label': [b], 'mask': [b]}.
+  Returns:
+    {'eval_loss', 'eval_accuracy', ... (floats), 'eval_examples'}; {} without batches.
+  """
   total = None
   for batch in batches:
     sums = strategy.scalars(eval_step(state, strategy.put_batch(batch)))
@@ -123,6 +143,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   `attention.png` in `workdir`, holding `<workdir>/lock` meanwhile (`guards.run_guard`).
   Raises NonFiniteError (NaN/Inf loss or gradients), SaveError, CheckpointError,
   LockError, MismatchError, ConfigError.
+
+  Args:
+    config: a run config (e.g. a config file's `get_config()`).
+    workdir: the run's folder; created if needed, resumed from if it holds checkpoints.
   """
   with guards.run_guard(config, workdir) as stop:
     return _train_and_evaluate(config, workdir, stop)

@@ -156,18 +156,55 @@ class JitStrategy:
 
   def compile_train(self, step_fn: Callable) -> Callable:
     state = self._state_in()
-    return jax.jit(step_fn, in_shardings=(state, self.sharded),
-                   out_shardings=(state, self.replicated), donate_argnums=(0,))
+    return self._in_mesh(jax.jit(self._split_sequences(step_fn),
+                                 in_shardings=(state, self.sharded),
+                                 out_shardings=(state, self.replicated), donate_argnums=(0,)))
 
   def compile_eval(self, step_fn: Callable) -> Callable:
-    return jax.jit(step_fn, in_shardings=(self._state_in(), self.sharded),
-                   out_shardings=self.replicated)
+    return self._in_mesh(jax.jit(self._split_sequences(step_fn),
+                                 in_shardings=(self._state_in(), self.sharded),
+                                 out_shardings=self.replicated))
+
+  def _split_sequences(self, step_fn: Callable) -> Callable:
+    """With a 'seq' axis: the step first splits every [batch, len] array of the batch
+    along len over 'seq' (a local slice, no communication), so the activations are born
+    split along the sequence and `F.attention` runs ring attention on them."""
+    seq = sharding_lib.axis_size(self.mesh, "seq")
+    if seq == 1:
+      return step_fn
+    split = NamedSharding(self.mesh, P(self.sharded.spec[0], "seq"))
+
+    def step(state, batch):
+      batch = {k: jax.lax.with_sharding_constraint(v, split)
+               if v.ndim == 2 and v.shape[1] % seq == 0 else v for k, v in batch.items()}
+      return step_fn(state, batch)
+    return step
+
+  def _in_mesh(self, jitted: Callable) -> Callable:
+    """With a 'seq' axis, the jitted step traced and run under `jax.set_mesh`, where
+    `F.attention` finds the mesh it rings over; else `jitted` itself."""
+    return jitted if sharding_lib.axis_size(self.mesh, "seq") == 1 else _InMesh(jitted, self.mesh)
 
   def host_state(self, state: Any) -> Any:
     return to_host(state)
 
   def scalars(self, tree: Any) -> dict[str, float]:
     return {k: float(v) for k, v in to_host(tree).items()}
+
+
+class _InMesh:
+  """A jitted function called (and lowered) under `jax.set_mesh(mesh)`."""
+
+  def __init__(self, jitted: Callable, mesh):
+    self.jitted, self.mesh = jitted, mesh
+
+  def __call__(self, *args):
+    with jax.set_mesh(self.mesh):
+      return self.jitted(*args)
+
+  def lower(self, *args):
+    with jax.set_mesh(self.mesh):
+      return self.jitted.lower(*args)
 
 
 class PmapStrategy:

@@ -13,8 +13,9 @@ the number of devices, `data=-1` takes the devices the other axes leave):
 - `model`: tensor parallelism. Attention heads are split (`W_q`, `W_k`, `W_v` and their
   biases on the output = heads axis, `W_o` on its input axis) and so is the MLP hidden
   layer (`fc1` kernel and bias on the output axis, `fc2` kernel on its input axis);
-- `seq`: sequences split over devices, for `attn_jax.functional.ring`; no train-state rule
-  uses it.
+- `seq`: sequence parallelism. The step splits every [batch, len] array of the batch along
+  len over it and runs under `jax.set_mesh`, so `F.attention` (every `MultiHeadAttention`)
+  runs ring attention (`attn_jax.functional.ring`); the state is replicated over it.
 
 The leading layer axis of scanned stacks (`block_scan`, `layer_scan`, `..._scan`) is never
 sharded. The default mesh (every device on `data`) is the 1-D mesh `('data',)`.

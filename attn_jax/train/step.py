@@ -53,7 +53,17 @@ def make_init_fn(model: nn.Module, task: Task, tx: optax.GradientTransformation,
 def init_state(model: nn.Module, task: Task, tx: optax.GradientTransformation, batch: Batch,
                seed: int) -> TrainState:
   """The train state on the default device (one compiled program, not hundreds of eager
-  initialiser ops). The runner creates it on the mesh instead (`parallel`)."""
+  initialiser ops). The runner creates it on the mesh instead (`parallel`).
+
+  Args:
+    model: the Flax module.
+    task: how a batch feeds it (`attn_jax.train.tasks`).
+    tx: the optax optimizer.
+    batch: a batch (its shapes: one example of it initialises the model).
+    seed: the PRNG seed of the init and of the dropout keys.
+  Returns:
+    The `TrainState` (step 0).
+  """
   return jax.jit(make_init_fn(model, task, tx, batch, seed))()
 
 
@@ -63,7 +73,19 @@ def count_params(params) -> int:
 
 
 def forward(model: nn.Module, task: Task, params, model_state, batch: Batch, rng, train: bool):
-  """Logits and the updated model state (batch stats when training)."""
+  """Logits and the updated model state (batch stats when training).
+
+  Args:
+    model: the Flax module.
+    task: how the batch feeds it.
+    params: the model's params.
+    model_state: its other collections (e.g. {'batch_stats': ...}; {} if none).
+    batch: e.g. {'image': [b, h, w, c], 'label': [b]} (see `attn_jax.train.tasks`).
+    rng: the dropout key (when `train`).
+    train: training mode (dropout, batch statistics).
+  Returns:
+    (logits float32, e.g. [b, classes] or [b, T, vocab]; the model state).
+  """
   variables = {"params": params, **model_state}
   rngs = {"dropout": rng} if train else {}
   mutable = list(model_state.keys()) if train and model_state else False
@@ -98,7 +120,21 @@ def make_train_step(model: nn.Module, task: Task, tx: optax.GradientTransformati
 
   `constrain_params(params)`, applied where the forward pass reads the parameters, lays
   them out for the computation (FSDP: gathered; `JitStrategy.param_constraint`); the
-  gradients come back in the stored layout."""
+  gradients come back in the stored layout.
+
+  Args:
+    model: the Flax module.
+    task: how a batch feeds it, and its loss and metrics.
+    tx: the optax optimizer.
+    schedule: step -> learning rate (logged as 'learning_rate').
+    label_smoothing: of the loss.
+    accum: gradient accumulation steps inside `tx` (the schedule advances once per `accum`).
+    axis_name: the pmap axis to reduce over (None under jit).
+    constrain_params: params -> params with the computation's sharding, or None.
+  Returns:
+    `train_step(state, batch) -> (state, metrics)`: metrics are scalars (loss, accuracy,
+    grad_norm, learning_rate, ...).
+  """
 
   def train_step(state: TrainState, batch: Batch):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -132,7 +168,18 @@ def make_train_step(model: nn.Module, task: Task, tx: optax.GradientTransformati
 def make_eval_step(model: nn.Module, task: Task, label_smoothing: float,
                    axis_name: str | None = None,
                    constrain_params: Callable[[Any], Any] | None = None):
-  """Returns `eval_step(state, batch) -> sums` (masked; add them over batches)."""
+  """Returns `eval_step(state, batch) -> sums` (masked; add them over batches).
+
+  Args:
+    model: the Flax module.
+    task: how a batch feeds it.
+    label_smoothing: of the reported loss.
+    axis_name: the pmap axis to reduce over (None under jit).
+    constrain_params: params -> params with the computation's sharding, or None.
+  Returns:
+    `eval_step(state, batch) -> {'loss_sum', 'correct', 'weight', 'examples', ...}`
+    (scalars; `step.summarize` turns their totals into means).
+  """
 
   def eval_step(state: TrainState, batch: Batch):
     params = state.params if constrain_params is None else constrain_params(state.params)

@@ -20,6 +20,13 @@ def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
   """ECA-Net's adaptive kernel size: |log2(C)/gamma + b/gamma| rounded to the nearest odd above.
 
   E.g. 64 -> 3, 128 -> 5, 256 -> 5, 512 -> 5, 1024 -> 5 (gamma=2, b=1).
+
+  Args:
+    channels: number of channels C.
+    gamma: the paper's gamma.
+    b: the paper's b.
+  Returns:
+    An odd kernel size (1 for C <= 4).
   """
   t = int(abs((math.log2(channels) + b) / gamma))
   return t if t % 2 else t + 1
@@ -45,6 +52,8 @@ class SqueezeExcitation(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [batch, height, width, C] -> the same shape, rescaled per channel by the gate
+    [batch, 1, 1, C] (sown as 'gate')."""
     _check("SqueezeExcitation", x)
     c = x.shape[-1]
     s = x.mean(axis=(1, 2), keepdims=True)                     # squeeze: [b, 1, 1, C]
@@ -67,6 +76,8 @@ class ECA(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [batch, height, width, C] -> the same shape, rescaled per channel by the gate
+    [batch, 1, 1, C] (sown as 'gate')."""
     _check("ECA", x)
     c = x.shape[-1]
     k = self.kernel_size or eca_kernel_size(c)
@@ -93,6 +104,8 @@ class CBAM(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [batch, height, width, C] -> the same shape; gates sown as 'channel_gate'
+    [batch, 1, 1, C] and 'spatial_gate' [batch, height, width, 1]."""
     _check("CBAM", x)
     c = x.shape[-1]
     mlp = nn.Sequential([nn.Dense(max(c // self.reduction, self.min_hidden), **_kw(self)),
@@ -114,7 +127,16 @@ ATTENTION_KINDS = ("none", "se", "eca", "cbam")
 
 def channel_attention(kind: str, reduction: int = 16, dtype: Any = None,
                       param_dtype: Any = jnp.float32) -> nn.Module | None:
-  """Builds the attention module for a config value: 'none' (None), 'se', 'eca' or 'cbam'."""
+  """Builds the attention module for a config value.
+
+  Args:
+    kind: 'none', 'se', 'eca' or 'cbam'.
+    reduction: channel reduction of SE / CBAM's MLP.
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  Returns:
+    The module ([batch, height, width, C] -> same shape), or None for 'none'.
+  """
   if kind == "none":
     return None
   if kind == "se":

@@ -25,6 +25,7 @@ class ConvNet(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    """images: [batch, height, width, channels] -> logits [batch, num_classes] float32."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = images
     for f in self.widths:

@@ -9,8 +9,15 @@ import jax.numpy as jnp
 def drop_path(x: jax.Array, rate: float | jax.Array, rng: jax.Array | None) -> jax.Array:
   """Stochastic depth: zero a whole residual branch per example with probability `rate`.
 
-  x: [batch, ...] branch output; survivors are rescaled by 1/(1-rate). A Python `rate`
-  of 0 returns x unchanged; `rate` may also be a traced scalar (a scanned layer's rate).
+  Survivors are rescaled by 1/(1-rate). A Python `rate` of 0 returns x unchanged; `rate`
+  may also be a traced scalar (a scanned layer's rate).
+
+  Args:
+    x: [batch, ...] branch output.
+    rate: drop probability per example.
+    rng: PRNG key (unused when rate is 0).
+  Returns:
+    [batch, ...], x's shape and dtype.
   """
   if isinstance(rate, (int, float)) and rate == 0.0:
     return x

@@ -27,6 +27,7 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """x: [batch, height, width, channels] -> [batch, height / stride, width / stride, width]."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name,
                                      **kw)
@@ -56,7 +57,8 @@ class ResNet(nn.Module):
     reduction: MLP reduction ratio of SE / CBAM.
     small_inputs: 3x3 stride-1 stem without max-pool (CIFAR-style); False gives the
       ImageNet stem (7x7 stride 2 + 3x3 max-pool).
-    dtype: compute dtype (e.g. bfloat16); logits stay float32. param_dtype: float32.
+    dtype: compute dtype (e.g. bfloat16); logits stay float32.
+    param_dtype: parameter dtype (float32).
 
   Call: `images: [batch, height, width, channels]`, `train` uses batch statistics and
   updates 'batch_stats' (apply with `mutable=['batch_stats']`) -> logits `[batch, num_classes]`.
@@ -72,6 +74,14 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    """Classifies images.
+
+    Args:
+      images: [batch, height, width, channels] float.
+      train: BatchNorm uses (and, with `mutable=['batch_stats']`, updates) batch statistics.
+    Returns:
+      [batch, num_classes] float32 logits.
+    """
     C.check_rank("ResNet", "images", images, "[batch, height, width, channels]", rank=4)
     k, s = (3, 1) if self.small_inputs else (7, 2)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -97,8 +107,15 @@ RESNET_SIZES = {
 
 
 def resnet_variant(name: str, num_classes: int, **overrides) -> ResNet:
-  """A named ResNet ('ResNet-18', 'ResNet-34', 'ResNet-20'); `**overrides` sets any other
-  ResNet attribute (attention='cbam', small_inputs=False, ...)."""
+  """A named ResNet.
+
+  Args:
+    name: 'ResNet-18', 'ResNet-34' or 'ResNet-20'.
+    num_classes: classifier outputs.
+    **overrides: any other ResNet attribute (attention='cbam', small_inputs=False, ...).
+  Returns:
+    The `ResNet` module.
+  """
   if name not in RESNET_SIZES:
     raise ValueError(f"resnet_variant(): unknown variant {name!r}; expected one of "
                      f"{sorted(RESNET_SIZES)}.")

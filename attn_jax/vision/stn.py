@@ -38,6 +38,14 @@ class SpatialTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
+    """Warps images by the affine transform the localisation network predicts.
+
+    Args:
+      images: [batch, height, width, channels].
+    Returns:
+      [batch, out_height, out_width, channels] (`out_size`, default the input size);
+      the predicted theta [batch, 2, 3] is sown as 'theta' in 'intermediates'.
+    """
     C.check_rank("SpatialTransformer", "images", images, "[batch, height, width, channels]", rank=4)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = images
@@ -61,7 +69,11 @@ class STN(nn.Module):
 
   Attributes:
     classifier: a module called as `classifier(images, train=train)` (ViT, Swin, ResNet, ...).
-    widths, mlp_dim, out_size, dtype, param_dtype: as in SpatialTransformer.
+    widths: localisation conv channels, as in SpatialTransformer.
+    mlp_dim: localisation MLP width.
+    out_size: (height, width) of the warped images; default the input size.
+    dtype: compute dtype of the localisation net.
+    param_dtype: parameter dtype.
 
   Call: `images: [batch, height, width, channels]` -> the classifier's logits.
   """
@@ -74,6 +86,14 @@ class STN(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    """Warps the images, then classifies them.
+
+    Args:
+      images: [batch, height, width, channels].
+      train: passed to the classifier.
+    Returns:
+      [batch, num_classes] logits of the classifier.
+    """
     x = SpatialTransformer(self.widths, self.mlp_dim, self.out_size, self.dtype,
                            self.param_dtype, name="stn")(images)
     return self.classifier(x, train=train)

@@ -32,7 +32,13 @@ SWIN_SIZES = {
 def effective_window(height: int, width: int, window: int, shift: int) -> tuple[int, int]:
   """Official Swin rule: a map no larger than the window is one window, unshifted.
 
-  Returns (window, shift) to use on a height x width map.
+  Args:
+    height: feature map height in tokens.
+    width: feature map width in tokens.
+    window: the configured window side M.
+    shift: the configured shift.
+  Returns:
+    (window, shift) to use on a height x width map.
   """
   if min(height, width) <= window:
     return min(height, width), 0
@@ -162,7 +168,8 @@ class SwinTransformer(nn.Module):
     num_heads: heads per stage.
     mlp_ratio: MLP hidden width / block width (the widths differ per stage).
     drop_path_rate: stochastic depth, rising linearly over all blocks to this rate.
-    dropout_rate, attention_dropout_rate: dropout after layers / on the attention weights.
+    dropout_rate: dropout after the attention and MLP layers.
+    attention_dropout_rate: dropout on the attention weights.
     sow_weights: with 'intermediates' mutable, sow the window attention weights there.
     dtype: compute dtype (e.g. bfloat16); softmax statistics and logits stay float32.
     param_dtype: parameter dtype (float32).
@@ -195,6 +202,15 @@ class SwinTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    """Classifies images.
+
+    Args:
+      images: [batch, height, width, channels] float; a size that the windows do not
+        divide is zero-padded and the padding masked out of the keys.
+      train: enables dropout and stochastic depth (the 'dropout' RNG stream).
+    Returns:
+      [batch, num_classes] float32 logits.
+    """
     C.check_rank("SwinTransformer", "images", images, "[batch, height, width, channels]", rank=4)
     if len(self.depth) != len(self.num_heads):
       raise ValueError(f"SwinTransformer: depth {tuple(self.depth)} and num_heads "
@@ -238,7 +254,14 @@ def swin_variant(name: str, num_classes: int, **overrides) -> SwinTransformer:
   """A named Swin: 'Swin-T', 'Swin-S', 'Swin-B', 'Swin-L' (patch 4, window 7).
 
   Small variants for 28x28 / 32x32 inputs: 'Swin-T/p2w4' etc. override patch and window
-  ('p{patch}w{window}'). `**overrides` sets any other SwinTransformer attribute.
+  ('p{patch}w{window}').
+
+  Args:
+    name: 'Swin-{T,S,B,L}' with an optional '/p{patch}w{window}' suffix.
+    num_classes: classifier outputs.
+    **overrides: any other SwinTransformer attribute (drop_path_rate, scan_layers, ...).
+  Returns:
+    The `SwinTransformer` module.
   """
   size, _, pw = name.removeprefix("Swin-").partition("/")
   if size not in SWIN_SIZES:

@@ -72,7 +72,10 @@ class ViT(nn.Module):
   Attributes:
     num_classes: classifier outputs.
     patch_size: patch side p in pixels (the embedding is a p x p convolution with stride p).
-    width, depth, num_heads, mlp_dim: token width, blocks, heads, MLP hidden width.
+    width: token width.
+    depth: number of blocks.
+    num_heads: attention heads.
+    mlp_dim: MLP hidden width.
     pool: 'cls' (class token) or 'gap' (mean over patch tokens).
     posemb: 'learned' (resampled bilinearly when the patch grid differs from the one
       the table was made for) or 'sincos2d' (fixed, computed for any grid).
@@ -95,7 +98,8 @@ class ViT(nn.Module):
     fc_norm: apply the final LayerNorm (`fc_norm`) to the pooled features instead of
       to every token before pooling (`encoder_norm`), as timm's GAP models do.
     num_kv_heads: key/value heads of every attention layer (grouped-query attention;
-      None = num_heads). softcap: attention-logit soft-cap (None = off).
+      None = num_heads).
+    softcap: attention-logit soft-cap (None = off).
 
   Call: `images: [batch, height, width, channels]` (height, width divisible by p),
   `train` enables dropout (needs a 'dropout' RNG) -> logits `[batch, num_classes]` float32.
@@ -125,6 +129,17 @@ class ViT(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    """Classifies images.
+
+    Args:
+      images: [batch, height, width, channels] float; height and width divisible by
+        `patch_size` (another grid than `posemb_grid` resamples the learned table).
+      train: enables dropout and stochastic depth (the 'dropout' RNG stream).
+    Returns:
+      [batch, num_classes] float32 logits. With 'intermediates' mutable, every block sows
+      its attention weights [batch, heads, tokens, tokens] under
+      `block{i}/attn/attention_weights`.
+    """
     C.check_rank("ViT", "images", images, "[batch, height, width, channels]", rank=4)
     p = self.patch_size
     if images.shape[1] % p or images.shape[2] % p:
@@ -197,6 +212,8 @@ def vit_variant(name: str, num_classes: int, image_size: int | tuple[int, int] |
     num_classes: classifier outputs.
     image_size: training resolution; fixes `posemb_grid` for the learned table.
     **overrides: any other ViT attribute (pool, posemb, dropout_rate, ...).
+  Returns:
+    The `ViT` module (call it on images [batch, height, width, channels]).
   """
   size, _, patch = name.removeprefix("ViT-").partition("/")
   if size not in VIT_SIZES or not patch.isdigit():
