@@ -21,7 +21,7 @@ counts minor page faults per call (`ru_minflt`): XLA:CPU takes every large buffe
 from the OS on each call, and on this VM a first touch costs ~1 us per 4 KiB page, so the
 dense peers spend about half their time faulting. `--malloc keep` re-runs the benchmark
 in a process whose glibc allocator keeps freed memory (`MALLOC_KEEP`), which removes
-those faults for every implementation alike (README, "Page faults").
+those faults for every implementation alike (docs/performance.md#page-faults).
 
   python -m experiments.bench_attention                      # the full run (~25 min quiet)
   python -m experiments.bench_attention --sizes 256,512 --batches 1 --rss ''   # smoke test

@@ -63,6 +63,9 @@ def _model_name(m: dict[str, Any]) -> str:
 def _dataset(d: dict[str, Any]) -> str:
   if d.get("source") == "multi30k":
     return f"Multi30k {d.get('src_lang')}->{d.get('tgt_lang')}"
+  if d.get("source") == "text":   # language model: the training file, per-token metrics
+    name = os.path.basename(str(d.get("train_files", ""))).split(",")[0]
+    return f"{name} ({d.get('tokenizer', '')}, rows of {d.get('seq_len')})"
   name = d.get("name") or os.path.basename(str(d.get("path", "")).rstrip("/"))
   extra = []
   if d.get("rotate"):
@@ -121,6 +124,12 @@ def row(workdir: str) -> dict[str, Any] | None:
       r.update(metric=f"BLEU lc, {test.get('split')}", value=test.get("bleu_lower"),
                extra=_bleu_notes(test, evals[1:]))
       commands.extend(e.get("command", "") for e in evals)
+  elif cfg["data"].get("source") == "text":   # language model: perplexity on eval_files
+    ppl = ev.get("eval_perplexity")
+    r.update(metric=f"perplexity / {cfg['data'].get('tokenizer', 'token')}, "
+             f"{os.path.basename(str(cfg['data'].get('eval_files', '')))}", value=ppl,
+             extra="" if ev.get("eval_accuracy") is None else
+             f"next-token accuracy {100 * ev['eval_accuracy']:.1f}%")
   elif metric == "error":
     acc = ev.get("eval_accuracy")
     r.update(metric=f"error %, {cfg['data'].get('eval_split')}",

@@ -66,11 +66,7 @@ def test_readme_is_a_front_page():
 
 # Documented names that are not parameters, in docstrings maintained elsewhere; an entry
 # that no longer occurs is fine.
-KNOWN_DOC_PARAMS = {
-    ("attn_jax.functional.backends.cudnn_supported", "mask, bias"),
-    ("attn_jax.functional.backends.cudnn_supported", "window, is_causal"),
-    ("attn_jax.layers.attention.MultiHeadAttention.__call__", "q_segment_ids, kv_segment_ids"),
-}
+KNOWN_DOC_PARAMS: set[tuple[str, str]] = set()
 
 
 def test_documented_arguments_exist():

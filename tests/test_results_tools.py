@@ -54,6 +54,21 @@ def test_translation_row_reports_widest_beam_with_greedy_and_selection(tmp_path)
   assert "| cpu |" in results.table([r])
 
 
+def test_language_model_row_reports_perplexity_on_its_eval_file(tmp_path):
+  from configs import multi30k_lm
+  cfg = multi30k_lm.get_config()
+  d = tmp_path / "lm"
+  d.mkdir()
+  (d / "run.json").write_text(json.dumps({
+      "config": json.loads(cfg.to_json_best_effort()), "num_params": 3e6, "step": 1200,
+      "wall_s": 60.0, "hardware": "cpu", "commands": ["train"],
+      "eval": {"eval_perplexity": 2.59, "eval_accuracy": 0.704, "eval_loss": 0.95}}))
+  r = results.row(str(d))
+  assert r["value"] == pytest.approx(2.59) and r["met"] == "—"
+  assert r["metric"] == "perplexity / char, val.en.gz" and "70.4%" in r["extra"]
+  assert r["dataset"] == "train.en.gz (char, rows of 256)"
+
+
 def test_select_checkpoint_scores_every_kept_step(tmp_path):
   from attn_jax.analysis.evaluation import select_checkpoint
   from attn_jax.train.loop import train_and_evaluate

@@ -42,12 +42,19 @@ def cudnn_supported(q, k, v, *, mask=None, bias=None, window=None, is_causal: bo
   """Whether `jax.nn.dot_product_attention(implementation='cudnn')` accepts this request.
 
   Args:
-    q: [..., heads, q_len, d_k]; k: [..., kv_heads, kv_len, d_k]; v: [..., kv_heads, kv_len,
-      d_v] (arrays or ShapeDtypeStructs; kv_heads may divide heads).
-    mask, bias: as in `attention` (only their presence matters).
-    window, is_causal: as in `attention`; cuDNN takes a window only as a causal band
-      (right = 0) with q_len == kv_len.
+    q: [..., heads, q_len, d_k] queries (an array or a ShapeDtypeStruct).
+    k: [..., kv_heads, kv_len, d_k] keys; kv_heads may divide heads (GQA).
+    v: [..., kv_heads, kv_len, d_v] values.
+    mask: as in `attention`; only its presence matters (odd lengths then fail).
+    bias: as in `attention`; only its presence matters, as for mask.
+    window: as in `attention`; cuDNN takes a window only as a causal band (right = 0)
+      with q_len == kv_len.
+    is_causal: as in `attention` (turns a window into a causal band).
     backend: 'gpu', 'cpu', 'tpu' (default: jax's default backend).
+  Returns:
+    True on a GPU for one fp16/bf16 dtype shared by q, k, v, d_v == d_k, d_k a multiple
+    of 8 and <= `CUDNN_MAX_HEAD_DIM`, even q_len and kv_len when a mask or bias is
+    given, and a window cuDNN accepts; else False.
   """
   backend = backend or jax.default_backend()
   dtypes = {jnp.dtype(x.dtype) for x in (q, k, v)}
@@ -74,6 +81,24 @@ def select_implementation(q, k, v, *, custom_scorer: bool = False, dropout_rate:
   otherwise GPU -> 'cudnn' where `cudnn_supported` (else 'xla'), TPU -> 'xla' (GPU/TPU
   with d_v != d_k -> 'reference', which jax.nn does not support), CPU -> 'blockwise' from
   `CPU_BLOCKWISE_MIN_SCORES` score entries per head (else 'reference').
+
+  Args:
+    q: [..., heads, q_len, d_k] queries (an array or a ShapeDtypeStruct).
+    k: [..., kv_heads, kv_len, d_k] keys.
+    v: [..., kv_heads, kv_len, d_v] values.
+    custom_scorer: whether `attention` got a `score_fn`.
+    dropout_rate: dropout on the weights (> 0 needs 'reference').
+    return_weights: whether the weights are returned (needs 'reference').
+    mask: as in `attention` (only its presence matters, for `cudnn_supported`).
+    bias: as in `attention` (only its presence matters).
+    window: a validated (left, right) window or None (for `cudnn_supported`).
+    is_causal: as in `attention`.
+    softcap: the soft-cap value or None (only whether it is given matters).
+    alibi: whether ALiBi slopes are given.
+    segment_ids: whether segment ids are given.
+    backend: 'gpu', 'cpu', 'tpu' (default: jax's default backend).
+  Returns:
+    'reference', 'blockwise', 'xla' or 'cudnn'.
   """
   if custom_scorer or dropout_rate > 0.0 or return_weights:
     return "reference"
@@ -93,13 +118,29 @@ def select_implementation(q, k, v, *, custom_scorer: bool = False, dropout_rate:
 
 def xla_attention(q, k, v, shape, *, scale=None, mask=None, bias=None, valid_lens=None,
                   is_causal=False, window=None, groups: int = 1, implementation: str = "xla"):
-  """`jax.nn.dot_product_attention` on our layout. `shape` = leading axes (query heads last)
-  + (q_len, kv_len); `groups` query heads per K/V head; `window` a validated (left, right).
+  """`jax.nn.dot_product_attention` on our layout.
 
   For 'cudnn', [batch] valid lengths go in as `key_value_seq_lengths` and a square
   causal mask as `is_causal` (cuDNN then skips the masked tiles); a square window as
   `local_window_size`; other masks are combined into one boolean mask, which jax turns
-  into a cuDNN bias.
+  into a cuDNN bias. Rows with no valid key output zeros, as on the reference path.
+  No argument checks: `attention` validates them first.
+
+  Args:
+    q: [..., heads, q_len, d_k] queries (leading axes broadcast against `shape`).
+    k: [..., kv_heads, kv_len, d_k] keys, kv_heads = heads / groups.
+    v: [..., kv_heads, kv_len, d_v] values (jax.nn needs d_v == d_k).
+    shape: the scores' shape: the leading axes (query heads last) + (q_len, kv_len).
+    scale: score scale (default 1/sqrt(d_k)).
+    mask: bool, broadcastable to `shape`; True = may attend.
+    bias: additive, broadcastable to `shape`.
+    valid_lens: [batch] or [batch, q_len] number of valid keys.
+    is_causal: query i sees keys j <= i + kv_len - q_len (aligned at the end).
+    window: a validated (left, right) window (`_variants.check_window`) or None.
+    groups: query heads per K/V head (GQA; 1: one K/V head per query head).
+    implementation: 'xla' or 'cudnn', passed to `jax.nn.dot_product_attention`.
+  Returns:
+    [*shape[:-2], q_len, d_v], in the dtype jax.nn gives (`attention` casts it to q's).
   """
   lead, (nq, nk) = shape[:-2], shape[-2:]
   zlead = V.kv_lead(lead, groups)

@@ -29,6 +29,15 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
   """Inverted dropout: zero each entry with probability `rate`, rescale the rest by 1/(1-rate).
 
   `rate == 0` returns `x` unchanged; `rate > 0` needs an explicit PRNG key `rng`.
+
+  Args:
+    x: array of any shape.
+    rate: probability of zeroing an entry, in [0, 1).
+    rng: PRNG key (e.g. `jax.random.key(0)`); may be None when `rate == 0`.
+  Returns:
+    An array of x's shape and dtype.
+  Raises:
+    ValueError: `rate` outside [0, 1), or `rate > 0` without `rng`.
   """
   if not 0.0 <= rate < 1.0:
     raise ValueError(f"dropout(): argument 'rate' must be in [0, 1), got {rate}.")
@@ -106,9 +115,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     window: sliding window (left, right): query i sees keys
       `i' - left <= j <= i' + right` with `i' = i + kv_len - q_len`; None leaves a side
       unbounded, an int w means (w, w). Combines with `is_causal` (then right = 0).
-    q_segment_ids: [q_len] or [batch, q_len] integer ids of packed sequences;
-      kv_segment_ids: [kv_len] or [batch, kv_len] (default: q_segment_ids, when
-      q_len == kv_len). A query attends only to keys with its id.
+    q_segment_ids: [q_len] or [batch, q_len] integer ids of packed sequences; a query
+      attends only to keys with its id.
+    kv_segment_ids: [kv_len] or [batch, kv_len] integer ids of the keys (default:
+      q_segment_ids, when q_len == kv_len); needs q_segment_ids.
     softcap: logit soft-capping `softcap * tanh(s / softcap)` on the scaled scores,
       before bias and masks (Gemma 2).
     alibi_slopes: [heads] (or broadcastable to the leading axes; `alibi_slopes(heads)`)
@@ -252,6 +262,7 @@ def nadaraya_watson(x_query: jax.Array, x_keys: jax.Array, y_values: jax.Array,
     x_keys: [..., n_train, d] training inputs.
     y_values: [..., n_train, d_y] training targets.
     bandwidth: kernel width (> 0); small widths return the nearest key's value.
+    return_weights: also return the kernel weights [..., n_query, n_train].
   Returns:
     [..., n_query, d_y] predictions, or (predictions, weights [..., n_query, n_train]).
   """
@@ -267,6 +278,7 @@ def simple_self_attention(x: jax.Array, return_weights: bool = False):
 
   Args:
     x: [..., len, d] token vectors.
+    return_weights: also return the weights [..., len, len].
   Returns:
     [..., len, d], or (out, weights [..., len, len]).
   """
@@ -282,9 +294,12 @@ def projected_self_attention(x: jax.Array, w_q: jax.Array, w_k: jax.Array, w_v: 
 
   Args:
     x: [..., len, d_model] tokens.
-    w_q: [d_model, d_k]; w_k: [d_model, d_k]; w_v: [d_model, d_v].
-    scale: default 1/sqrt(d_k).
-    mask: optional bool [..., len, len].
+    w_q: [d_model, d_k] query projection.
+    w_k: [d_model, d_k] key projection.
+    w_v: [d_model, d_v] value projection.
+    scale: score scale (default 1/sqrt(d_k)).
+    mask: optional bool [..., len, len]; True = may attend.
+    return_weights: also return the weights [..., len, len].
   Returns:
     [..., len, d_v], or (out, weights [..., len, len]).
   """

@@ -80,7 +80,14 @@ DEFAULT_BLOCK = 512
 
 
 def context_mesh(axis: str = RING_AXIS):
-  """The mesh set by `jax.set_mesh` if it has axis `axis` of size > 1, else None."""
+  """The mesh set by `jax.set_mesh` if it has axis `axis` of size > 1, else None.
+
+  Args:
+    axis: the mesh axis name to look for (default 'seq', `RING_AXIS`).
+  Returns:
+    The context `jax.sharding.AbstractMesh`, or None without a mesh, without `axis`, or
+    with `axis` of size 1.
+  """
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or axis not in mesh.axis_names or dict(mesh.shape)[axis] == 1:
     return None
@@ -91,8 +98,26 @@ def ring_supported(q, k, v, *, mask=None, bias=None, valid_lens=None, window=Non
                    softcap=None, alibi_slopes=None, custom_scorer: bool = False,
                    dropout_rate: float = 0.0, return_weights: bool = False,
                    segment_ids=(None, None)) -> str | None:
-  """None if `ring_attention` can run this `F.attention` request, else what it lacks
-  (the arguments as `F.attention` takes them; `segment_ids` = (q's, kv's))."""
+  """None if `ring_attention` can run this `F.attention` request, else what it lacks.
+
+  Args:
+    q: [batch, ..., q_len, d_k] queries (at least 3 axes: a batch axis).
+    k: [batch, ..., kv_len, d_k] keys with q's axes before the heads axis (-3).
+    v: [batch, ..., kv_len, d_v] values, as k.
+    mask: as in `F.attention`; not supported (only its presence matters).
+    bias: as in `F.attention`; not supported.
+    valid_lens: supported only as [batch].
+    window: not supported.
+    softcap: not supported.
+    alibi_slopes: not supported.
+    custom_scorer: whether `F.attention` got a `score_fn`; not supported.
+    dropout_rate: not supported when > 0.
+    return_weights: not supported.
+    segment_ids: (q_segment_ids, kv_segment_ids), each None, [len] or [batch, len].
+  Returns:
+    None when supported, else a comma-separated description of what is not, e.g.
+    'mask, valid_lens other than [batch]'.
+  """
   lacks = [name for name, given in (
       ("mask", mask is not None), ("bias", bias is not None), ("window", window is not None),
       ("softcap", softcap is not None), ("alibi_slopes", alibi_slopes is not None),
@@ -115,7 +140,8 @@ def _divides(mesh, axes: tuple[str, ...], size: int) -> tuple[str, ...] | None:
   return axes if axes and size % math.prod(dict(mesh.shape)[a] for a in axes) == 0 else None
 
 
-def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, mesh=None,
+def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                   mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh | None = None,
                    axis: str = RING_AXIS, *, valid_lens: jax.Array | None = None,
                    is_causal: bool = False, q_segment_ids: jax.Array | None = None,
                    kv_segment_ids: jax.Array | None = None, scale: float | None = None,
@@ -134,8 +160,10 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, mesh=None,
     valid_lens: [batch] integer number of valid keys per sequence (padding mask).
     is_causal: query i sees keys j <= i + kv_len - q_len (aligned at the end, as
       `F.attention`).
-    q_segment_ids: [batch, q_len] or [q_len] integer ids of packed sequences;
-      kv_segment_ids: [batch, kv_len] or [kv_len] (default: q_segment_ids).
+    q_segment_ids: [batch, q_len] or [q_len] integer ids of packed sequences; a query
+      attends only to keys with its id (default: kv_segment_ids when only those are given).
+    kv_segment_ids: [batch, kv_len] or [kv_len] integer ids of the keys (default:
+      q_segment_ids; needed when kv_len != q_len).
     scale: score scale (default 1/sqrt(d_k)).
     zigzag: the load-balanced layout (default: when causal).
     batch_axis: mesh axis (or axes) the batch is split over as well (default: none).
@@ -145,6 +173,10 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, mesh=None,
     [batch, ..., q_len, d_v] in q's dtype. The zigzag layout (and padding to a multiple
     of the ring) reorders the rows of q, k, v and the output here, around the ring; a
     model that keeps its sequence in that order throughout would skip those gathers.
+  Raises:
+    ShapeError: q, k, v or segment ids of the wrong shape.
+    ValueError: `block` < 1, a mesh without `axis`, or segment ids for q only when
+      kv_len != q_len.
   """
   fn = "ring_attention"
   C.check_rank(fn, "q", q, "[batch, ..., q_len, d_k]", min_rank=3)
@@ -210,7 +242,21 @@ def context_ring_attention(q, k, v, *, valid_lens=None, is_causal=False, q_segme
                            kv_segment_ids=None, scale=None) -> jax.Array:
   """`ring_attention` on the `jax.set_mesh` mesh's 'seq' axis, with the batch over the
   mesh's 'data'/'fsdp' axes and the heads over 'model' where they divide (as the runner
-  lays out activations); what `F.attention` calls under such a mesh."""
+  lays out activations); what `F.attention` calls under such a mesh.
+
+  Args:
+    q: [batch, ..., q_len, d_k] queries (e.g. [batch, heads, q_len, d_k]).
+    k: [batch, ..., kv_len, d_k] keys; the heads axis (-3) may hold fewer heads (GQA).
+    v: [batch, ..., kv_len, d_v] values.
+    valid_lens: [batch] integer number of valid keys per sequence.
+    is_causal: query i sees keys j <= i + kv_len - q_len.
+    q_segment_ids: [batch, q_len] or [q_len] integer ids of packed sequences.
+    kv_segment_ids: [batch, kv_len] or [kv_len] (default: q_segment_ids).
+    scale: score scale (default 1/sqrt(d_k)).
+  Returns:
+    [batch, ..., q_len, d_v] in q's dtype. Call it only where `context_mesh()` is not
+    None (`F.attention` checks).
+  """
   mesh = context_mesh()
   batch = _divides(mesh, BATCH_AXES, q.shape[0])
   heads = None

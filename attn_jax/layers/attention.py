@@ -113,8 +113,10 @@ class MultiHeadAttention(nn.Module):
       bias: additive, broadcastable to [batch, heads, q_len, kv_len].
       valid_lens: [batch] or [batch, q_len] valid key counts.
       is_causal: causal self-attention. With `decode=True` causality comes from the cache.
-      q_segment_ids, kv_segment_ids: [batch, q_len] / [batch, kv_len] ids of packed
-        sequences (kv defaults to q for self-attention); not with `decode`.
+      q_segment_ids: [batch, q_len] integer ids of packed sequences; a query attends
+        only to keys with its id. Not with `decode`.
+      kv_segment_ids: [batch, kv_len] integer ids of the keys (default: q_segment_ids
+        when q_len == kv_len, e.g. self-attention); needs q_segment_ids. Not with `decode`.
       positions: [batch, q_len] or [q_len] RoPE positions of the queries (default:
         0, 1, ...; while decoding, the cache index onwards), e.g. restarting per segment.
       kv_positions: RoPE positions of the keys (default: `positions` for self-attention,
@@ -251,8 +253,19 @@ class AdditiveAttention(nn.Module):
   def __call__(self, queries: jax.Array, keys: jax.Array, values: jax.Array, *,
                valid_lens: jax.Array | None = None, mask: jax.Array | None = None,
                deterministic: bool = True, return_weights: bool = False):
-    """queries: [batch, q_len, d_q]; keys: [batch, kv_len, d_k]; values: [batch, kv_len, d_v]
-    -> [batch, q_len, d_v], or (out, weights [batch, q_len, kv_len]) if `return_weights`."""
+    """Additive-score attention from `queries` to `keys`, pooling `values`.
+
+    Args:
+      queries: [batch, q_len, d_q].
+      keys: [batch, kv_len, d_k] ([batch, kv_len, hidden] when not `project_keys`).
+      values: [batch, kv_len, d_v].
+      valid_lens: [batch] or [batch, q_len] number of valid keys (padding mask).
+      mask: bool, broadcastable to [batch, q_len, kv_len]; True = may attend.
+      deterministic: disables dropout; otherwise the 'dropout' RNG stream is used.
+      return_weights: also return the weights [batch, q_len, kv_len] (before dropout).
+    Returns:
+      [batch, q_len, d_v], or (out, weights) if `return_weights`.
+    """
     d_k = keys.shape[-1] if self.project_keys else None
     params = _additive_params(self, queries.shape[-1], d_k, self.hidden)
     rate = 0.0 if deterministic else self.dropout_rate
@@ -288,8 +301,20 @@ class LuongAttention(nn.Module):
   def __call__(self, queries: jax.Array, keys: jax.Array, values: jax.Array, *,
                valid_lens: jax.Array | None = None, mask: jax.Array | None = None,
                return_weights: bool = False):
-    """queries: [batch, q_len, d_q]; keys: [batch, kv_len, d_k]; values: [batch, kv_len, d_v]
-    -> [batch, q_len, d_v], or (out, weights [batch, q_len, kv_len]) if `return_weights`."""
+    """Luong attention from `queries` to `keys`, pooling `values` (no dropout).
+
+    Args:
+      queries: [batch, q_len, d_q].
+      keys: [batch, kv_len, d_k] (d_k == d_q for 'dot').
+      values: [batch, kv_len, d_v].
+      valid_lens: [batch] or [batch, q_len] number of valid keys (padding mask).
+      mask: bool, broadcastable to [batch, q_len, kv_len]; True = may attend.
+      return_weights: also return the weights [batch, q_len, kv_len].
+    Returns:
+      [batch, q_len, d_v], or (out, weights) if `return_weights`.
+    Raises:
+      ValueError: an unknown `score`.
+    """
     init = nn.initializers.xavier_uniform()
     if self.score == "dot":
       score_fn = F.dot_product_scores

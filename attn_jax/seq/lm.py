@@ -29,10 +29,18 @@ from attn_jax.layers import MlpBlock, MultiHeadAttention, run_stack
 class DecoderBlock(nn.Module):
   """Pre-LN causal self-attention + MLP. x: [b, n, width] -> [b, n, width].
 
-  Attributes: num_heads, mlp_dim, dropout_rate; num_kv_heads (grouped-query attention:
-  fewer key/value heads; None = num_heads), window (left context in tokens, None = all),
-  softcap (logit soft-cap), position ('learned' | 'rope', the block rotates for 'rope'),
-  decode, sow_weights, dtype, param_dtype.
+  Attributes:
+    num_heads: attention heads.
+    mlp_dim: MLP hidden width.
+    dropout_rate: on both sublayer outputs and inside the MLP.
+    num_kv_heads: key/value heads (grouped-query attention; None = num_heads).
+    window: left context in tokens (a causal (window, 0) band; None = all).
+    softcap: attention-logit soft-cap (None = off).
+    position: 'learned' | 'rope' (the block rotates queries and keys for 'rope').
+    decode: key/value cache for incremental decoding (causality then comes from it).
+    sow_weights: with 'intermediates' mutable, the attention sows its weights.
+    dtype: compute dtype (e.g. bfloat16; None: from the inputs and params).
+    param_dtype: parameter dtype.
   """
   num_heads: int
   mlp_dim: int
@@ -79,7 +87,10 @@ class TransformerLM(nn.Module):
 
   Attributes:
     vocab_size: number of token ids.
-    width, depth, num_heads, mlp_dim: model width, blocks, heads, MLP hidden width.
+    width: model (embedding) width.
+    depth: number of decoder blocks.
+    num_heads: attention heads per block.
+    mlp_dim: MLP hidden width.
     num_kv_heads: key/value heads (grouped-query attention; None = num_heads).
     window: sliding-window attention over this many previous tokens (None = full causal).
     softcap: attention-logit soft-cap `cap * tanh(s / cap)` (None = off).
@@ -89,8 +100,10 @@ class TransformerLM(nn.Module):
     dropout_rate: on embeddings, sublayer outputs and inside the MLP.
     decode: key/value cache for incremental decoding (`attn_jax.seq.sampling`).
     sow_weights: with 'intermediates' mutable every layer sows its attention maps.
-    dtype: compute dtype (e.g. bfloat16); logits are float32. param_dtype: float32.
-    scan_layers: one `nn.scan` over the blocks; remat: 'none' | 'full' | 'dots'.
+    dtype: compute dtype (e.g. bfloat16); logits are float32.
+    param_dtype: parameter dtype (float32).
+    scan_layers: one `nn.scan` over the blocks (parameters under `block_scan`).
+    remat: rematerialisation policy per block: 'none' | 'full' | 'dots'.
   """
   vocab_size: int
   width: int = 128
@@ -113,8 +126,21 @@ class TransformerLM(nn.Module):
   @nn.compact
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
                segment_ids: jax.Array | None = None, train: bool = False) -> jax.Array:
-    """tokens, positions, segment_ids: [b, n] int32 (positions default 0..n-1; segment ids
-    default one segment) -> logits [b, n, vocab_size] float32."""
+    """Next-token logits for every position of `tokens`.
+
+    Args:
+      tokens: [batch, len] int32 token ids.
+      positions: [batch, len] int32 positions (default 0 .. len-1; pass them when
+        decoding, and per segment for packed rows). Below `max_len` for 'learned'.
+      segment_ids: [batch, len] int32 segment ids of packed rows (default: one segment);
+        a token attends only to earlier tokens of its segment. Ignored with `decode`.
+      train: dropout on (needs the 'dropout' RNG stream).
+    Returns:
+      [batch, len, vocab_size] float32 logits.
+    Raises:
+      ValueError: tokens not [batch, len], positions or segment_ids not of tokens'
+        shape, or an unknown `position`.
+    """
     if tokens.ndim != 2:
       raise ValueError(f"TransformerLM: tokens must be [batch, len] int ids, got shape "
                        f"{tuple(tokens.shape)}.")

@@ -22,7 +22,15 @@ class ConfigError(ValueError):
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every key with its default (the offline default experiment's values where sensible)."""
+  """Every key with its default (the offline default experiment's values where sensible).
+
+  The comment after each key is its meaning (`key_meanings`, `--help`).
+
+  Returns:
+    A fresh ConfigDict with the sections `model`, `data`, `optim`, `anchor`,
+    `distributed` and `mesh` and the top-level keys; `model` holds only `name`
+    (its constructor arguments are free-form).
+  """
   c = ml_collections.ConfigDict()
   c.seed = 0                    # PRNG seed of init, dropout and data order
   c.model = ml_collections.ConfigDict({"name": "mlp"})   # plus constructor kwargs
@@ -116,7 +124,11 @@ _PREFIX = {"c": "", "d": "data.", "o": "optim.", "a": "anchor.", "t": "distribut
 
 
 def key_meanings() -> dict[str, str]:
-  """dotted key -> its one-line meaning (the comments of `base_config`)."""
+  """The one-line meaning of every key, read from the comments in `base_config`'s source.
+
+  Returns:
+    {dotted key (e.g. 'optim.learning_rate'): meaning}; keys without a comment are left out.
+  """
   import inspect
   import re
   out = {}
@@ -128,7 +140,14 @@ def key_meanings() -> dict[str, str]:
 
 
 def keys_help(config) -> str:
-  """Every key of `config` with its value and meaning, one per line (for `--help`)."""
+  """Every key of `config` with its value and meaning, one per line (for `--help`).
+
+  Args:
+    config: a ConfigDict (e.g. `base_config()` with an experiment's changes).
+  Returns:
+    Lines `  --config.<key>=<value!r>    <meaning>`, joined by newlines; `model.*` keys
+    without a meaning are noted as model constructor arguments.
+  """
   meaning = key_meanings()
   lines = []
   for key, value in _walk(config):
@@ -151,7 +170,14 @@ _CHOICES = {
 
 
 def did_you_mean(key: str, known) -> str:
-  """' (did you mean 'x'?)' for the closest of `known`, or ''."""
+  """A hint naming the closest known key, for error messages.
+
+  Args:
+    key: the unknown key.
+    known: the candidate keys (any iterable of str).
+  Returns:
+    " (did you mean 'x'?)" for the closest of `known` (difflib, cutoff 0.6), or ''.
+  """
   close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
   return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -175,8 +201,22 @@ def _get(cfg, dotted: str):
 
 
 def validate(config, num_devices: int | None = None) -> None:
-  """Raises ConfigError naming the key for unknown keys or impossible combinations
-  (those that depend on the devices only when `num_devices` is given)."""
+  """Checks `config` before anything is built or compiled.
+
+  Checks unknown keys (`model`'s against the model's constructor,
+  `models.check_model_keys`), the choices of enumerated keys, positive counts and
+  in-range, finite numbers, the mesh, batch divisibility, packing, `best_metric`, model
+  shapes, `freeze` and `init_from`.
+
+  Args:
+    config: the run config (`base_config()` with changes).
+    num_devices: the global device count; None skips the checks that depend on it (the
+      mesh fits the devices; the batch sizes divide over the batch shards).
+  Returns:
+    None.
+  Raises:
+    ConfigError: the first problem found; the message names the key.
+  """
   _check_keys(config, base_config(), "")
   for key, options in _CHOICES.items():
     if _get(config, key) not in options:

@@ -30,7 +30,11 @@ def initialize_distributed(cfg) -> None:
   With `coordinator_address` set, joins that coordinator as `process_id` of
   `num_processes`; with `initialize=True`, lets JAX read the cluster from the
   environment (TPU pods, SLURM, ...). Otherwise a single process. On CPU the
-  cross-process collectives use gloo.
+  cross-process collectives use gloo. A no-op when JAX is already initialised.
+
+  Args:
+    cfg: `config.distributed`: `coordinator_address` ('' = none), `num_processes`,
+      `process_id` and `initialize` (bool).
   """
   if not cfg.coordinator_address and not cfg.initialize:
     return
@@ -155,12 +159,31 @@ class JitStrategy:
             for k, v in local_batch.items()}
 
   def compile_train(self, step_fn: Callable) -> Callable:
+    """`step_fn` jitted on the mesh, with the state donated.
+
+    With a 'seq' axis the step first splits the batch's [batch, len] arrays along len
+    over it, and runs under `jax.set_mesh(mesh)` (ring attention).
+
+    Args:
+      step_fn: `(state, batch) -> (state, metrics)` (`step.make_train_step` with
+        axis_name=None).
+    Returns:
+      The compiled `(state, batch) -> (state, metrics)`: the state in its shardings
+      (the input state's buffers are donated), the metrics replicated.
+    """
     state = self._state_in()
     return self._in_mesh(jax.jit(self._split_sequences(step_fn),
                                  in_shardings=(state, self.sharded),
                                  out_shardings=(state, self.replicated), donate_argnums=(0,)))
 
   def compile_eval(self, step_fn: Callable) -> Callable:
+    """`step_fn` jitted on the mesh (as `compile_train`, nothing donated).
+
+    Args:
+      step_fn: `(state, batch) -> sums` (`step.make_eval_step` with axis_name=None).
+    Returns:
+      The compiled `(state, batch) -> sums`, the sums replicated.
+    """
     return self._in_mesh(jax.jit(self._split_sequences(step_fn),
                                  in_shardings=(self._state_in(), self.sharded),
                                  out_shardings=self.replicated))
@@ -186,9 +209,23 @@ class JitStrategy:
     return jitted if sharding_lib.axis_size(self.mesh, "seq") == 1 else _InMesh(jitted, self.mesh)
 
   def host_state(self, state: Any) -> Any:
+    """The state as numpy on this host (`to_host`: a collective across processes).
+
+    Args:
+      state: a pytree of global arrays.
+    Returns:
+      The same pytree of full (unsharded) numpy arrays.
+    """
     return to_host(state)
 
   def scalars(self, tree: Any) -> dict[str, float]:
+    """Step outputs as Python floats (`to_host`: call it on every process).
+
+    Args:
+      tree: a flat dict of scalar arrays (metrics or eval sums).
+    Returns:
+      {name: float}.
+    """
     return {k: float(v) for k, v in to_host(tree).items()}
 
 
@@ -215,41 +252,124 @@ class PmapStrategy:
     self.n = jax.local_device_count()
 
   def init_state(self, init_fn: Callable[[], Any]) -> Any:
+    """`init_fn()` run (jitted) on one device, then replicated with `put_state`.
+
+    Args:
+      init_fn: `() -> state`, the pure state initialiser.
+    Returns:
+      The state with a leading axis of `n` (local devices) copies, as numpy.
+    """
     return self.put_state(jax.device_get(jax.jit(init_fn)()))
 
   def abstract_state(self, init_fn: Callable[[], Any]) -> Any:
-    """Host zeros shaped like the state: pmap restores to the host, then replicates."""
+    """Host zeros shaped like the state: pmap restores to the host, then replicates.
+
+    Args:
+      init_fn: `() -> state` (only traced, `jax.eval_shape`).
+    Returns:
+      The state's pytree of numpy zeros (no device axis): the restore target.
+    """
     return jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), jax.eval_shape(init_fn))
 
   def checkpoint_state(self, state: Any) -> Any:
+    """What a checkpoint saves: one copy of the state on the host (`host_state`).
+
+    Args:
+      state: the replicated state, with its leading device axis.
+    Returns:
+      The state as numpy, without the device axis.
+    """
     return self.host_state(state)
 
   def from_checkpoint(self, restored: Any) -> Any:
+    """A restored host state, replicated for pmap (`put_state`).
+
+    Args:
+      restored: the state as restored into `abstract_state` (numpy, no device axis).
+    Returns:
+      The state with a leading axis of `n` copies.
+    """
     return self.put_state(restored)
 
   def put_state(self, host_state: Any) -> Any:
-    # A leading axis of one copy per local device; pmap shards it on the first call.
+    """One copy of the state per local device; pmap shards it on the first call.
+
+    Args:
+      host_state: a pytree of arrays (no device axis).
+    Returns:
+      The pytree of numpy arrays [n, ...] (n = local devices).
+    """
     return jax.tree.map(lambda x: np.stack([np.asarray(x)] * self.n), host_state)
 
   def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """This process's rows split over its devices.
+
+    Args:
+      local_batch: {name: [local_batch, ...]}, local_batch divisible by `n`.
+    Returns:
+      {name: [n, local_batch / n, ...]} numpy arrays.
+    """
     return {k: v.reshape((self.n, v.shape[0] // self.n) + v.shape[1:])
             for k, v in local_batch.items()}
 
   def compile_train(self, step_fn: Callable) -> Callable:
+    """`step_fn` under `jax.pmap` over axis 'data', with the state donated.
+
+    Args:
+      step_fn: `(state, batch) -> (state, metrics)` that reduces over 'data'
+        (`step.make_train_step` with axis_name='data').
+    Returns:
+      The pmapped step: state, batch and metrics carry the leading device axis.
+    """
     return jax.pmap(step_fn, axis_name="data", donate_argnums=(0,))
 
   def compile_eval(self, step_fn: Callable) -> Callable:
+    """`step_fn` under `jax.pmap` over axis 'data'.
+
+    Args:
+      step_fn: `(state, batch) -> sums` that reduces over 'data'
+        (`step.make_eval_step` with axis_name='data').
+    Returns:
+      The pmapped step: its sums carry the leading device axis (equal copies).
+    """
     return jax.pmap(step_fn, axis_name="data")
 
   def host_state(self, state: Any) -> Any:
+    """The first device's copy of the state, as numpy.
+
+    Args:
+      state: the replicated state, with its leading device axis.
+    Returns:
+      The state as numpy, without the device axis.
+    """
     return jax.tree.map(lambda a: np.asarray(a[0]), state)
 
   def scalars(self, tree: Any) -> dict[str, float]:
+    """Step outputs as Python floats, from the first local device's copy.
+
+    Args:
+      tree: a flat dict of pmapped scalars (each [n], equal after the step's psum).
+    Returns:
+      {name: float}.
+    """
     return {k: float(np.asarray(v.addressable_data(0)).reshape(-1)[0]) for k, v in tree.items()}
 
 
 def make_strategy(name: str, mesh: Any = None):
-  """'pmap' -> PmapStrategy (replicated state only); else JitStrategy on `mesh`."""
+  """'pmap' -> PmapStrategy (replicated state only); else JitStrategy on `mesh`.
+
+  Args:
+    name: `config.strategy`, 'jit' or 'pmap'.
+    mesh: `config.mesh` (a ConfigDict / mapping / 'data=2,fsdp=4' string / None: every
+      device on 'data'); 'pmap' takes only the default.
+  Returns:
+    A `PmapStrategy` or a `JitStrategy`.
+  Raises:
+    ConfigError: a non-default mesh with 'pmap', or (jit, several processes) model*seq
+      not dividing each process's devices.
+    ValueError: a malformed mesh, or one that does not fit the devices
+      (`sharding.MeshSpec`).
+  """
   if name == "pmap":
     if not sharding_lib.MeshSpec.parse(mesh).is_default:
       raise ConfigError("config.mesh needs config.strategy='jit' (pmap only replicates).")

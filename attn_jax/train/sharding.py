@@ -102,7 +102,18 @@ def make_mesh(spec: Any = None, devices: list | None = None) -> Mesh:
   """The mesh of `spec` (see `MeshSpec.parse`) over `devices` (default: all of them).
 
   The default spec gives the 1-D mesh ('data',); any other gives all four axes (in the
-  order of `AXES`: 'model' innermost, i.e. on the closest devices)."""
+  order of `AXES`: 'model' innermost, i.e. on the closest devices). All axes are
+  `AxisType.Auto`: XLA propagates the shardings through the model.
+
+  Args:
+    spec: a `MeshSpec`, None / '' (every device on 'data'), an 'axis=size,...' string or
+      a mapping / ConfigDict of axis sizes.
+    devices: the devices to lay out (default `jax.devices()`, every process's).
+  Returns:
+    A `jax.sharding.Mesh` of axes ('data',) or `AXES`.
+  Raises:
+    ValueError: a malformed spec, or axis sizes that do not multiply to len(devices).
+  """
   spec = MeshSpec.parse(spec)
   devices = list(jax.devices() if devices is None else devices)
   auto = jax.sharding.AxisType.Auto   # XLA propagates the shardings through the model
@@ -114,18 +125,37 @@ def make_mesh(spec: Any = None, devices: list | None = None) -> Mesh:
 
 
 def axis_size(mesh: Mesh, name: str) -> int:
-  """Size of axis `name` of `mesh` (1 when the mesh lacks it)."""
+  """Size of axis `name` of `mesh` (1 when the mesh lacks it).
+
+  Args:
+    mesh: a Mesh (or anything with a `shape` mapping of axis sizes).
+    name: an axis name, e.g. 'fsdp'.
+  Returns:
+    The axis size, an int >= 1.
+  """
   return dict(mesh.shape).get(name, 1)
 
 
 def batch_spec(mesh: Mesh) -> P:
-  """Leading (batch) axis over ('data', 'fsdp') -- whichever of them the mesh has."""
+  """Leading (batch) axis over ('data', 'fsdp') -- whichever of them the mesh has.
+
+  Args:
+    mesh: a mesh with 'data' and / or 'fsdp'.
+  Returns:
+    `P('data')`, `P('fsdp')` or `P(('data', 'fsdp'))`.
+  """
   axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
   return P(axes[0] if len(axes) == 1 else axes)
 
 
 def batch_shards(mesh: Mesh) -> int:
-  """Number of pieces the batch is split into."""
+  """Number of pieces the batch is split into.
+
+  Args:
+    mesh: the mesh.
+  Returns:
+    size('data') * size('fsdp') (1 for an axis the mesh lacks).
+  """
   return math.prod(axis_size(mesh, a) for a in BATCH_AXES)
 
 
@@ -135,8 +165,23 @@ def _key_name(k: Any) -> str:
 
 def param_spec(path: tuple[str, ...], shape: tuple[int, ...], fsdp: int = 1, model: int = 1,
                fsdp_min_size: int = 2 ** 14) -> P:
-  """The PartitionSpec of one parameter from its path (e.g. ('block_scan', 'attn', 'W_q'))
-  and shape, for a mesh with `fsdp` and `model` devices on those axes."""
+  """The PartitionSpec of one parameter from its path and shape (the module's rules).
+
+  'model' splits the heads / hidden-units axis of `W_q`, `W_k`, `W_v`, their biases and
+  `fc1` (output axis) and of `W_o` and the `fc2` kernel (input axis), when it divides;
+  'fsdp' then splits the largest remaining divisible axis of a parameter of at least
+  `fsdp_min_size` elements (with none: the 'model' axis as ('model', 'fsdp'), where that
+  divides). The leading layer axis under a `*_scan` module stays whole.
+
+  Args:
+    path: the key names down to the parameter, e.g. ('block_scan', 'attn', 'W_q').
+    shape: the parameter's shape.
+    fsdp: devices on the mesh's 'fsdp' axis.
+    model: devices on the mesh's 'model' axis.
+    fsdp_min_size: smallest parameter (in elements) that 'fsdp' splits.
+  Returns:
+    A PartitionSpec with one entry per axis up to the last split one (`P()`: replicated).
+  """
   ndim = len(shape)
   spec: list[Any] = [None] * ndim
   start = 1 if any(p.endswith("_scan") for p in path[:-1]) else 0   # the layer axis stays whole
@@ -160,7 +205,14 @@ def param_spec(path: tuple[str, ...], shape: tuple[int, ...], fsdp: int = 1, mod
 
 
 def without_axis(spec: P, axis: str) -> P:
-  """`spec` with mesh axis `axis` removed (that dimension replicated over it)."""
+  """`spec` with mesh axis `axis` removed (that dimension replicated over it).
+
+  Args:
+    spec: a PartitionSpec, e.g. `P(None, ('model', 'fsdp'))`.
+    axis: the mesh axis to drop, e.g. 'fsdp'.
+  Returns:
+    The PartitionSpec, e.g. `P(None, 'model')`.
+  """
   def drop(entry):
     if isinstance(entry, tuple):
       rest = tuple(a for a in entry if a != axis)
@@ -170,7 +222,15 @@ def without_axis(spec: P, axis: str) -> P:
 
 
 def param_specs(params: Any, mesh: Mesh, fsdp_min_size: int = 2 ** 14) -> Any:
-  """A PartitionSpec for every leaf of a parameter tree (arrays or ShapeDtypeStructs)."""
+  """A PartitionSpec for every leaf of a parameter tree (`param_spec` on each).
+
+  Args:
+    params: a parameter pytree of arrays or ShapeDtypeStructs.
+    mesh: the mesh (its 'fsdp' and 'model' sizes; 1 where it lacks them).
+    fsdp_min_size: smallest parameter (in elements) that 'fsdp' splits.
+  Returns:
+    A pytree of `params`' structure with a PartitionSpec per leaf.
+  """
   fsdp, model = axis_size(mesh, "fsdp"), axis_size(mesh, "model")
   return jax.tree_util.tree_map_with_path(
       lambda path, x: param_spec(tuple(_key_name(k) for k in path), tuple(np.shape(x)), fsdp,
@@ -179,7 +239,15 @@ def param_specs(params: Any, mesh: Mesh, fsdp_min_size: int = 2 ** 14) -> Any:
 
 def follow_params(tree: Any, params: Any, specs: Any) -> Any:
   """PartitionSpecs for `tree` (an optimizer state): a leaf whose key path ends with the path
-  of a parameter and has its shape gets that parameter's spec; other leaves P()."""
+  of a parameter and has its shape gets that parameter's spec; other leaves P().
+
+  Args:
+    tree: the pytree to lay out, e.g. an optax state (arrays or ShapeDtypeStructs).
+    params: the parameter pytree.
+    specs: `params`' PartitionSpecs (`param_specs`).
+  Returns:
+    A pytree of `tree`'s structure with a PartitionSpec per leaf.
+  """
   by_path: dict[tuple[str, ...], tuple[tuple[int, ...], P]] = {}
   for (path, x), spec in zip(jax.tree_util.tree_leaves_with_path(params),
                              jax.tree_util.tree_leaves(specs, is_leaf=lambda s: isinstance(s, P))):
@@ -198,7 +266,16 @@ def follow_params(tree: Any, params: Any, specs: Any) -> Any:
 
 def state_specs(abstract_state: Any, mesh: Mesh, fsdp_min_size: int = 2 ** 14) -> Any:
   """PartitionSpecs of a TrainState-like tree (`params`, `opt_state` fields are sharded by
-  the rules, every other field replicated); any other tree: all replicated."""
+  the rules, every other field replicated); any other tree: all replicated.
+
+  Args:
+    abstract_state: the state (a dataclass with `params` and `replace`, such as
+      `TrainState`; arrays or ShapeDtypeStructs), or any pytree.
+    mesh: the mesh.
+    fsdp_min_size: smallest parameter (in elements) that 'fsdp' splits.
+  Returns:
+    A tree of the state's structure (the same dataclass) with a PartitionSpec per leaf.
+  """
   replicated = lambda t: jax.tree.map(lambda _: P(), t)
   if not (hasattr(abstract_state, "params") and hasattr(abstract_state, "replace")):
     return replicated(abstract_state)
@@ -212,15 +289,32 @@ def state_specs(abstract_state: Any, mesh: Mesh, fsdp_min_size: int = 2 ** 14) -
 
 
 def state_shardings(abstract_state: Any, mesh: Mesh, fsdp_min_size: int = 2 ** 14) -> Any:
-  """`state_specs` as NamedShardings on `mesh`."""
+  """`state_specs` as NamedShardings on `mesh`.
+
+  Args:
+    abstract_state: the state, as for `state_specs`.
+    mesh: the mesh.
+    fsdp_min_size: smallest parameter (in elements) that 'fsdp' splits.
+  Returns:
+    A tree of the state's structure with a NamedSharding per leaf (e.g. jit's
+    `out_shardings`).
+  """
   return jax.tree.map(lambda s: NamedSharding(mesh, s),
                       state_specs(abstract_state, mesh, fsdp_min_size),
                       is_leaf=lambda s: isinstance(s, P))
 
 
 def bytes_per_device(tree: Any, shardings: Any) -> int:
-  """Bytes one device holds of `tree` (arrays / ShapeDtypeStructs) laid out by `shardings`
-  (a NamedSharding per leaf, or one for all): the largest shard of each leaf."""
+  """Bytes one device holds of `tree` laid out by `shardings`: the largest shard of each leaf.
+
+  Args:
+    tree: a pytree of arrays or ShapeDtypeStructs.
+    shardings: one `jax.sharding.Sharding` per leaf of `tree` (a pytree), or one for all.
+  Returns:
+    The total in bytes (shard shape x itemsize, summed over the leaves).
+  Raises:
+    ValueError: `shardings` has a different number of leaves than `tree`.
+  """
   leaves = jax.tree.leaves(tree)
   shs = (jax.tree.leaves(shardings, is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
          if not isinstance(shardings, jax.sharding.Sharding) else [shardings] * len(leaves))
@@ -232,7 +326,14 @@ def bytes_per_device(tree: Any, shardings: Any) -> int:
 
 
 def describe_specs(params: Any, specs: Any) -> Mapping[str, str]:
-  """'path' -> 'shape -> spec' for every parameter (to print or test the layout)."""
+  """'path' -> 'shape -> spec' for every parameter (to print or test the layout).
+
+  Args:
+    params: a parameter pytree (arrays or ShapeDtypeStructs).
+    specs: its PartitionSpecs (`param_specs`), in the same leaf order.
+  Returns:
+    e.g. {'block0/attn/W_q': "(128, 128) -> P(None, 'model')", ...}.
+  """
   out = {}
   for (path, x), s in zip(jax.tree_util.tree_leaves_with_path(params),
                           jax.tree_util.tree_leaves(specs, is_leaf=lambda t: isinstance(t, P))):
