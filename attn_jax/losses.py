@@ -25,6 +25,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     label_smoothing: in [0, 1).
     weights: optional [...] per-example weights (e.g. a 0/1 padding mask); the mean is
       `sum(w * loss) / max(sum(w), 1e-8)`.
+
   Returns:
     scalar float32 loss.
   """
@@ -51,6 +52,7 @@ def accuracy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = N
     logits: [..., classes].
     labels: [...] integer class ids.
     weights: optional [...] per-example weights.
+
   Returns:
     scalar float32 in [0, 1].
   """
@@ -70,6 +72,7 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: 
     targets: [batch, len] ids; positions equal to `pad_id` are ignored.
     label_smoothing: in [0, 1).
     pad_id: the padding id.
+
   Returns:
     scalar float32: sum of token losses / number of real tokens.
   """
@@ -84,6 +87,7 @@ def token_accuracy(logits: jax.Array, targets: jax.Array, pad_id: int = 0) -> ja
     logits: [batch, len, vocab].
     targets: [batch, len] ids; positions equal to `pad_id` are ignored.
     pad_id: the padding id.
+
   Returns:
     scalar float32 in [0, 1].
   """
@@ -104,6 +108,7 @@ def sequence_exact_match(predictions: jax.Array, targets: jax.Array, pad_id: int
     targets: [batch, len] ids.
     pad_id: the padding id.
     per_example: return the [batch] bool matches instead of their mean.
+
   Returns:
     scalar float32 in [0, 1] (or [batch] bool).
   """

@@ -3,9 +3,9 @@ devices and every attention layer runs ring attention.
 
 On 8 simulated devices (a child process, this file as a script): the packed character LM
 (RoPE, grouped K/V heads, causal, segment ids) trained 4 steps on mesh data=2,seq=4 ends
-with the parameters of the 1-device run (float32 rounding), its compiled step rotates K/V
-blocks (collective-permute); a ViT on mesh seq=8 (ring without masks) matches its 1-device
-run and rings too.
+with the parameters of the 1-device run (float32 rounding) and its compiled step rotates K/V
+blocks (collective-permute); so does the compiled step of a ViT on mesh seq=8 (ring
+without masks).
 """
 import json
 import os
@@ -82,7 +82,6 @@ def runs(tmp_path_factory):
   proc = subprocess.Popen([sys.executable, __file__, "eight", str(base), data], env=env,
                           cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   train(lm_config(str(base / "text.txt")), str(base / "lm_one"))
-  train(vit_config(data), str(base / "vit_one"))
   (base / "eight.log").write_text(finish(proc, timeout=600))
   return base
 
@@ -92,7 +91,7 @@ def _close(a, b):
     np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
-@pytest.mark.parametrize("model", ["lm", "vit"])
+@pytest.mark.parametrize("model", ["lm"])
 def test_sequence_parallel_training_matches_one_device(runs, model):
   one = np.load(runs / f"{model}_one" / "params.npz")
   seq = np.load(runs / f"{model}_seq" / "params.npz")
@@ -117,7 +116,6 @@ def _main(argv):
   text = os.path.join(base, "text.txt")
   mesh = {"data": 2, "seq": 4}
   train(lm_config(text, mesh), os.path.join(base, "lm_seq"))
-  train(vit_config(data, {"seq": 8}), os.path.join(base, "vit_seq"))
   facts = {"lm": step_facts(lm_config(text, mesh), os.path.join(base, "lm_facts")),
            "vit": step_facts(vit_config(data, {"seq": 8}), os.path.join(base, "vit_facts"))}
   with open(os.path.join(base, "facts.json"), "w") as f:

@@ -74,6 +74,7 @@ def cross_attention_grid(items: Sequence[tuple[np.ndarray, Sequence[str], Sequen
     ncols: panels per row.
     vmax: top of the colour scale (default: the largest weight of all panels); the scale
       starts at 0 and is shared by all panels.
+
   Returns:
     `path`.
   """
@@ -122,6 +123,7 @@ def rollout_overlay(images: np.ndarray, rollout: np.ndarray, labels: Sequence[in
       upsampled to the image size (each map is drawn from its own min (blue) to max (red)).
     labels: [n] true classes; predictions: optional [n] predicted classes.
     class_names: names for the labels; path: PNG to write; title: figure title.
+
   Returns:
     `path`.
   """
@@ -182,6 +184,7 @@ def swin_windows(image: np.ndarray | tuple[int, int], window: int, shift: int, m
     grid: (rows, cols) of tokens when `image` is an image; default: the square grid
       of `mask` (`M * sqrt(num_windows)` tokens a side).
     title: figure title; max_windows: mask panels.
+
   Returns:
     `path`. In the shifted panel, windows are coloured by their index after the cyclic
     shift: the pieces of a window that wrapped around share a colour, and the mask
@@ -274,6 +277,7 @@ def stn_warps(inputs: np.ndarray, warped: np.ndarray, path: str,
     warped: [n, h', w', c] its outputs (what the classifier sees). Each input/output pair
       shares one grey scale.
     path: PNG to write; labels / class_names: optional titles; per_row: pairs per row.
+
   Returns:
     `path`. Rows alternate: inputs, then their warped outputs.
   """
@@ -318,6 +322,7 @@ def gates_per_class(gates: dict[str, np.ndarray], class_names: Sequence[str] | N
     path: PNG to write; title: figure title.
     sort_channels: order each panel's channels by their gate averaged over the classes
       (largest first), so a class's departures from the common pattern stand out.
+
   Returns:
     `path`. Each panel has its own colour scale (the per-class differences are small
     next to the range of the gates), with its colour bar.

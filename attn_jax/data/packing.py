@@ -34,6 +34,7 @@ def lm_pairs(token_ids: Sequence[Sequence[int]], length: int) -> list[tuple[np.n
   Args:
     token_ids: sentences, each a sequence of token ids (no BOS / EOS).
     length: the row length.
+
   Returns:
     [(inputs [n_i], targets [n_i])] int32 with n_i <= length: inputs = [BOS] + t,
     targets = t + [EOS].
@@ -57,6 +58,7 @@ def pack_rows(pairs: Sequence[tuple[np.ndarray, np.ndarray]], length: int,
     length: the row length.
     pack: lay pairs end to end in order, opening a new row when the next pair does not
       fit (sentences are never split); False puts one pair per row.
+
   Returns:
     {'inputs', 'targets', 'segment_ids', 'positions'}: int32 [rows, length] each.
   """
@@ -98,6 +100,7 @@ def pack_pairs(examples: Sequence[dict], src_len: int, tgt_len: int) -> dict[str
     examples: [{'src': ids, 'tgt': ids}] without BOS / EOS.
     src_len: source row length.
     tgt_len: target row length.
+
   Returns:
     The fields `PAIR_FIELDS`, int32: 'src', 'src_segments', 'src_positions'
     [rows, src_len]; 'tgt_in', 'tgt_out', 'tgt_segments', 'tgt_positions' [rows, tgt_len].
@@ -135,6 +138,7 @@ def rows_as_examples(rows: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]
 
   Args:
     rows: {field: [rows, length]} (from `pack_rows` / `pack_pairs`).
+
   Returns:
     [{field: [length]}], one dict per row.
   """
@@ -147,6 +151,7 @@ def fill_rate(rows: dict[str, np.ndarray]) -> float:
 
   Args:
     rows: from `pack_rows` (needs 'segment_ids' [rows, length]).
+
   Returns:
     A float in [0, 1].
   """

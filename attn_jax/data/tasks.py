@@ -130,6 +130,7 @@ def reverse_task(n: int, seed: int | np.random.Generator = 0, min_len: int = 3,
     min_len: shortest string.
     max_len: longest string (the width of src).
     num_symbols: alphabet size (the first `num_symbols` lowercase letters).
+
   Returns:
     (src [n, max_len], tgt [n, max_len + 1], vocab): int32, PAD-padded; tgt ends in EOS.
   """
@@ -194,6 +195,7 @@ def date_task(n: int, seed: int | np.random.Generator = 0, formats: Sequence[str
     formats: input formats to draw from (see `DATE_FORMATS`).
     start: first date.
     end: last date.
+
   Returns:
     (src [n, DATE_SRC_LEN], tgt [n, DATE_TGT_LEN], vocab) int32, PAD-padded; tgt ends in EOS.
   """

@@ -51,6 +51,7 @@ def cudnn_supported(q, k, v, *, mask=None, bias=None, window=None, is_causal: bo
       with q_len == kv_len.
     is_causal: as in `attention` (turns a window into a causal band).
     backend: 'gpu', 'cpu', 'tpu' (default: jax's default backend).
+
   Returns:
     True on a GPU for one fp16/bf16 dtype shared by q, k, v, d_v == d_k, d_k a multiple
     of 8 and <= `CUDNN_MAX_HEAD_DIM`, even q_len and kv_len when a mask or bias is
@@ -97,6 +98,7 @@ def select_implementation(q, k, v, *, custom_scorer: bool = False, dropout_rate:
     alibi: whether ALiBi slopes are given.
     segment_ids: whether segment ids are given.
     backend: 'gpu', 'cpu', 'tpu' (default: jax's default backend).
+
   Returns:
     'reference', 'blockwise', 'xla' or 'cudnn'.
   """
@@ -139,6 +141,7 @@ def xla_attention(q, k, v, shape, *, scale=None, mask=None, bias=None, valid_len
     window: a validated (left, right) window (`_variants.check_window`) or None.
     groups: query heads per K/V head (GQA; 1: one K/V head per query head).
     implementation: 'xla' or 'cudnn', passed to `jax.nn.dot_product_attention`.
+
   Returns:
     [*shape[:-2], q_len, d_v], in the dtype jax.nn gives (`attention` casts it to q's).
   """

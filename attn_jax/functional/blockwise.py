@@ -102,6 +102,7 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     group_size: without gradients, the forward runs the Z = prod(K/V leading axes) rows as
       independent kernels of this many rows each (default `tiles.group_rows`; one kernel
       when a mask or bias is given). Under `jax.grad` all rows run at once.
+
   Returns:
     [..., heads, q_len, d_v] in q's dtype. Scores, softmax and accumulation run in float32.
   """

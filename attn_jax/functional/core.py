@@ -34,8 +34,10 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
     x: array of any shape.
     rate: probability of zeroing an entry, in [0, 1).
     rng: PRNG key (e.g. `jax.random.key(0)`); may be None when `rate == 0`.
+
   Returns:
     An array of x's shape and dtype.
+
   Raises:
     ValueError: `rate` outside [0, 1), or `rate > 0` without `rng`.
   """
@@ -55,6 +57,7 @@ def attention_pool(weights: jax.Array, v: jax.Array) -> jax.Array:
   Args:
     weights: [..., q_len, kv_len] attention weights.
     v: [..., kv_len, d_v] values.
+
   Returns:
     [..., q_len, d_v] in v's dtype.
   """
@@ -136,6 +139,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       only, no dropout and return_weights=False. Under `jax.set_mesh(mesh)` with a 'seq'
       axis of size > 1, None picks 'ring' for every request it supports
       (`ring.ring_supported`); others take the usual paths (XLA then gathers the sequence).
+
   Returns:
     out [..., q_len, d_v] in q's dtype, or (out, weights) if `return_weights`.
     Rows with no valid key output zeros on every path. Values at keys that no query
@@ -263,6 +267,7 @@ def nadaraya_watson(x_query: jax.Array, x_keys: jax.Array, y_values: jax.Array,
     y_values: [..., n_train, d_y] training targets.
     bandwidth: kernel width (> 0); small widths return the nearest key's value.
     return_weights: also return the kernel weights [..., n_query, n_train].
+
   Returns:
     [..., n_query, d_y] predictions, or (predictions, weights [..., n_query, n_train]).
   """
@@ -279,6 +284,7 @@ def simple_self_attention(x: jax.Array, return_weights: bool = False):
   Args:
     x: [..., len, d] token vectors.
     return_weights: also return the weights [..., len, len].
+
   Returns:
     [..., len, d], or (out, weights [..., len, len]).
   """
@@ -300,6 +306,7 @@ def projected_self_attention(x: jax.Array, w_q: jax.Array, w_k: jax.Array, w_v: 
     scale: score scale (default 1/sqrt(d_k)).
     mask: optional bool [..., len, len]; True = may attend.
     return_weights: also return the weights [..., len, len].
+
   Returns:
     [..., len, d_v], or (out, weights [..., len, len]).
   """

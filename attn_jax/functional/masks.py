@@ -23,6 +23,7 @@ def sequence_mask(valid_lens: jax.Array, max_len: int) -> jax.Array:
   Args:
     valid_lens: [...] integer lengths.
     max_len: length of the masked axis.
+
   Returns:
     [..., max_len] bool, `out[..., j] = j < valid_lens[...]`.
   """
@@ -35,6 +36,7 @@ def padding_mask(token_ids: jax.Array, pad_id: int = 0) -> jax.Array:
   Args:
     token_ids: [batch, len] integer ids.
     pad_id: the padding id.
+
   Returns:
     [batch, len] bool.
   """
@@ -48,6 +50,7 @@ def make_attention_mask(query_valid: jax.Array, key_valid: jax.Array) -> jax.Arr
   Args:
     query_valid: [..., q_len] bool.
     key_valid: [..., kv_len] bool.
+
   Returns:
     [..., q_len, kv_len] bool, True where both the query and the key are valid.
   """
@@ -64,6 +67,7 @@ def causal_mask(q_len: int, kv_len: int | None = None, offset: int = 0) -> jax.A
     q_len: number of queries.
     kv_len: number of keys (default q_len).
     offset: position of query 0 among the keys.
+
   Returns:
     [q_len, kv_len] bool.
   """
@@ -83,6 +87,7 @@ def window_mask(q_len: int, kv_len: int | None = None,
       leaves that side unbounded. (left, 0) is causal local attention.
     offset: the queries' position shift, as in `causal_mask` (kv_len - q_len aligns them
       at the end; a cache index while decoding). May be traced.
+
   Returns:
     [q_len, kv_len] bool.
   """
@@ -103,6 +108,7 @@ def segment_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array) -> jax.Arr
   Args:
     q_segment_ids: [..., q_len] integer segment of each query.
     kv_segment_ids: [..., kv_len] integer segment of each key (leading axes broadcast).
+
   Returns:
     [..., q_len, kv_len] bool, True where the ids are equal.
   """
@@ -115,6 +121,7 @@ def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
   Args:
     *masks: bool arrays that broadcast together (e.g. [q_len, kv_len] and
       [batch, 1, 1, kv_len]), or None.
+
   Returns:
     The broadcast bool mask, or None when every entry is None.
   """
@@ -133,6 +140,7 @@ def mask_to_bias(mask: jax.Array, dtype=jnp.float32) -> jax.Array:
   Args:
     mask: bool, any shape (e.g. [..., q_len, kv_len]).
     dtype: dtype of the bias.
+
   Returns:
     The bias, same shape as `mask`.
   """
@@ -145,6 +153,7 @@ def bias_to_mask(bias: jax.Array) -> jax.Array:
 
   Args:
     bias: float, any shape (e.g. from `mask_to_bias`).
+
   Returns:
     bool, same shape as `bias`.
   """
@@ -160,6 +169,7 @@ def valid_lens_mask(valid_lens: jax.Array, scores_shape: tuple[int, ...],
       every head and query row); or `[batch, q_len]` (one length per query row).
     scores_shape: (batch, ..., q_len, kv_len).
     fn: the function name that errors name.
+
   Returns:
     bool mask of rank len(scores_shape) that broadcasts to `scores_shape`.
   """
@@ -196,6 +206,7 @@ def zero_unattended_values(v: jax.Array, keep: jax.Array | None,
     v: [..., kv_len, d_v] values.
     keep: bool mask broadcastable to `scores_shape`, or None (returns `v`).
     scores_shape: lead + (q_len, kv_len).
+
   Returns:
     [..., kv_len, d_v], `v`'s shape and dtype.
   """
@@ -226,6 +237,7 @@ def masked_softmax(scores: jax.Array, valid_lens: jax.Array | None = None,
       (per query row). Keys at or past the length are blocked.
     mask: optional bool mask broadcastable to `scores`, True = keep.
     bias: optional additive bias broadcastable to `scores` (added before the softmax).
+
   Returns:
     [batch, ..., q_len, kv_len] weights; each row sums to 1 over its valid keys (or is all 0).
   """

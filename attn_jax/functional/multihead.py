@@ -49,6 +49,7 @@ def linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
     x: [..., d_in].
     w: [d_in, d_out].
     b: [d_out] or None.
+
   Returns:
     [..., d_out].
   """
@@ -85,6 +86,7 @@ def init_multi_head_params(key: jax.Array, d_q: int, num_heads: int, head_dim: i
     num_kv_heads: key/value heads (default num_heads; fewer, dividing it: GQA/MQA).
     use_bias: also create the zero biases `b_q, b_k, b_v, b_o`.
     dtype: parameter dtype.
+
   Returns:
     {'W_q': [d_q, heads * head_dim], 'W_k': [d_k, kv_heads * head_dim],
     'W_v': [d_v, kv_heads * v_head_dim], 'W_o': [heads * v_head_dim, d_out]} and, with
@@ -195,6 +197,7 @@ def multi_head_attention(params: Params, x_q: jax.Array, x_kv: jax.Array, num_he
       dividing it: grouped-query attention, never repeated).
     **variants: `window`, `q_segment_ids`, `kv_segment_ids` ([batch, len]), `softcap`,
       `alibi_slopes` ([heads]), passed to `attention`.
+
   Returns:
     [batch, q_len, d_out], or (out, weights).
   """

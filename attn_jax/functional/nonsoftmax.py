@@ -60,6 +60,7 @@ def sigmoid_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     is_causal: block keys after the query position (aligned at the end).
     window: sliding window (left, right) or an int w: (w, w), as in `attention`.
     return_weights: also return the weights [..., q_len, kv_len].
+
   Returns:
     [..., q_len, d_v] in q's dtype, or (out, weights).
   """
@@ -108,6 +109,7 @@ def performer_features(key: jax.Array, num_features: int, dim: int,
     num_features: number of random features m.
     dim: the feature width d_k of the queries and keys it will project.
     orthogonal: orthogonal blocks (else i.i.d. Gaussian rows).
+
   Returns:
     [num_features, dim] float32.
   """
@@ -204,6 +206,7 @@ def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       over chunks of `chunk_size` rows (a scan), still O(n).
     valid_lens: [batch] number of valid keys (the rest are dropped).
     chunk_size: rows per chunk of the causal prefix sums.
+
   Returns:
     [..., q_len, d_v] in q's dtype; rows whose keys all drop out are 0.
   """

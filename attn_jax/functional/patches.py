@@ -20,6 +20,7 @@ def image_to_patches(images: jax.Array, patch_size: int) -> jax.Array:
   Args:
     images: [batch, height, width, channels]; height and width divisible by patch_size.
     patch_size: patch side p in pixels.
+
   Returns:
     [batch, (height/p) * (width/p), p * p * channels].
   """
@@ -41,6 +42,7 @@ def patches_to_image(patches: jax.Array, patch_size: int, height: int, width: in
     patch_size: patch side p.
     height: image height in pixels (a multiple of p).
     width: image width in pixels (a multiple of p).
+
   Returns:
     [batch, height, width, channels].
   """
@@ -68,6 +70,7 @@ def resample_grid_embeddings(posemb: jax.Array, new_grid: tuple[int, int],
     new_grid: (new_h, new_w).
     old_grid: (old_h, old_w); default a square grid.
     method: `jax.image.resize` method ('bilinear', 'bicubic', 'nearest', ...).
+
   Returns:
     [..., new_h * new_w, dim].
   """

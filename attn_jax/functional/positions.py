@@ -18,6 +18,7 @@ def sinusoidal_positions(length: int, dim: int, base: float = 10000.0,
     dim: encoding width (even).
     base: frequency base.
     dtype: output dtype.
+
   Returns:
     [length, dim].
   """
@@ -42,6 +43,7 @@ def sincos_2d_positions(height: int, width: int, dim: int, temperature: float = 
     dim: encoding width (divisible by 4).
     temperature: frequency base.
     dtype: output dtype.
+
   Returns:
     [height * width, dim] in row-major (y, x) order; dim must be divisible by 4.
   """
@@ -62,6 +64,7 @@ def rotary_angles(positions: jax.Array, dim: int, base: float = 10000.0) -> jax.
     positions: [...] integer or float positions.
     dim: the rotated width (even).
     base: frequency base.
+
   Returns:
     [..., dim // 2] float32.
   """
@@ -80,6 +83,7 @@ def apply_rotary(x: jax.Array, positions: jax.Array | None = None,
     x: [..., len, dim] queries or keys (dim even).
     positions: [len] or broadcastable to x.shape[:-1]; default arange(len).
     base: frequency base.
+
   Returns:
     [..., len, dim] in x's dtype.
   """
@@ -106,6 +110,7 @@ def alibi_slopes(num_heads: int) -> jax.Array:
 
   Args:
     num_heads: number of heads.
+
   Returns:
     [num_heads] float32.
   """
@@ -138,6 +143,7 @@ def alibi_bias(slopes: jax.Array, q_len: int, kv_len: int | None = None,
     q_len: number of queries.
     kv_len: number of keys (default q_len).
     offset: query position shift as in `causal_mask` (kv_len - q_len: aligned at the end).
+
   Returns:
     [..., heads, q_len, kv_len] float32.
   """

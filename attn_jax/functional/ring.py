@@ -84,6 +84,7 @@ def context_mesh(axis: str = RING_AXIS):
 
   Args:
     axis: the mesh axis name to look for (default 'seq', `RING_AXIS`).
+
   Returns:
     The context `jax.sharding.AbstractMesh`, or None without a mesh, without `axis`, or
     with `axis` of size 1.
@@ -114,6 +115,7 @@ def ring_supported(q, k, v, *, mask=None, bias=None, valid_lens=None, window=Non
     dropout_rate: not supported when > 0.
     return_weights: not supported.
     segment_ids: (q_segment_ids, kv_segment_ids), each None, [len] or [batch, len].
+
   Returns:
     None when supported, else a comma-separated description of what is not, e.g.
     'mask, valid_lens other than [batch]'.
@@ -169,10 +171,12 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     batch_axis: mesh axis (or axes) the batch is split over as well (default: none).
     head_axis: mesh axis the heads (axis 1 of a rank-4 q) are split over (default: none).
     block: keys per sub-block of the per-device tiles (memory [chunk, block] per tile).
+
   Returns:
     [batch, ..., q_len, d_v] in q's dtype. The zigzag layout (and padding to a multiple
     of the ring) reorders the rows of q, k, v and the output here, around the ring; a
     model that keeps its sequence in that order throughout would skip those gathers.
+
   Raises:
     ShapeError: q, k, v or segment ids of the wrong shape.
     ValueError: `block` < 1, a mesh without `axis`, or segment ids for q only when
@@ -253,6 +257,7 @@ def context_ring_attention(q, k, v, *, valid_lens=None, is_causal=False, q_segme
     q_segment_ids: [batch, q_len] or [q_len] integer ids of packed sequences.
     kv_segment_ids: [batch, kv_len] or [kv_len] (default: q_segment_ids).
     scale: score scale (default 1/sqrt(d_k)).
+
   Returns:
     [batch, ..., q_len, d_v] in q's dtype. Call it only where `context_mesh()` is not
     None (`F.attention` checks).

@@ -21,6 +21,7 @@ def attention_rollout(weights: Sequence[jax.Array], residual: float = 0.5) -> ja
   Args:
     weights: one array per layer, [batch, heads, tokens, tokens] (or [batch, tokens, tokens]).
     residual: weight of the identity (the skip connection), in [0, 1).
+
   Returns:
     [batch, tokens, tokens]; every row sums to 1.
   """

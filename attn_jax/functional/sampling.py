@@ -21,6 +21,7 @@ def affine_grid(theta: jax.Array, size: Sequence[int]) -> jax.Array:
   Args:
     theta: [batch, 2, 3] affine matrices acting on normalised (x, y, 1) column vectors.
     size: output size, (height, width) or NHWC (batch, height, width, channels).
+
   Returns:
     [batch, height, width, 2] normalised (x, y) input coordinates per output pixel.
   """
@@ -47,6 +48,7 @@ def grid_sample(images: jax.Array, grid: jax.Array) -> jax.Array:
     images: [batch, in_height, in_width, channels].
     grid: [batch, out_height, out_width, 2] normalised (x, y) coordinates in [-1, 1]
       (see `affine_grid`); points outside read zeros.
+
   Returns:
     [batch, out_height, out_width, channels] in images' dtype.
   """
@@ -87,6 +89,7 @@ def identity_theta(batch: int = 1, dtype=jnp.float32) -> jax.Array:
   Args:
     batch: number of matrices.
     dtype: output dtype.
+
   Returns:
     [batch, 2, 3].
   """

@@ -33,6 +33,7 @@ def dot_product_scores(q: jax.Array, k: jax.Array) -> jax.Array:
   Args:
     q: [..., q_len, d_k] queries.
     k: [..., kv_len, d_k] keys.
+
   Returns:
     [..., q_len, kv_len] scores, accumulated in float32 for low-precision inputs.
   """
@@ -51,6 +52,7 @@ def scaled_dot_product_scores(q: jax.Array, k: jax.Array, scale: float | None = 
     q: [..., q_len, d_k] queries.
     k: [..., kv_len, d_k] keys.
     scale: multiplier for the scores; None means 1/sqrt(d_k).
+
   Returns:
     [..., q_len, kv_len] scores (float32 for bf16/f16 inputs).
   """
@@ -73,6 +75,7 @@ def init_additive_params(key: jax.Array, d_q: int, d_k: int, hidden: int,
     d_k: key width.
     hidden: width of the hidden tanh layer.
     dtype: parameter dtype.
+
   Returns:
     {'W_q': [d_q, hidden], 'W_k': [d_k, hidden], 'v': [hidden]}.
   """
@@ -98,6 +101,7 @@ def additive_scores(q: jax.Array, k: jax.Array, params: dict[str, jax.Array]) ->
     k: [..., kv_len, d_k] keys, or [..., kv_len, hidden] projected keys when 'W_k' is absent.
     params: {'W_q': [d_q, hidden], 'W_k': [d_k, hidden] (optional), 'v': [hidden]}
       (see `init_additive_params`).
+
   Returns:
     [..., q_len, kv_len] scores.
   """
@@ -138,6 +142,7 @@ def cosine_scores(q: jax.Array, k: jax.Array, temperature: float = 1.0,
     k: [..., kv_len, d_k] keys.
     temperature: divides the cosine; smaller values sharpen the softmax.
     eps: guards the norm of an all-zero vector.
+
   Returns:
     [..., q_len, kv_len] scores in [-1/temperature, 1/temperature].
   """
@@ -160,6 +165,7 @@ def gaussian_kernel_scores(q: jax.Array, k: jax.Array, bandwidth: float = 1.0) -
     q: [..., q_len, d] query locations.
     k: [..., kv_len, d] key locations.
     bandwidth: kernel width sigma (> 0).
+
   Returns:
     [..., q_len, kv_len] scores (<= 0).
   """

@@ -81,6 +81,7 @@ def default_blocks(z: int, causal: bool = False, backend: str | None = None,
     backend: 'cpu', 'gpu' or 'tpu' (default `jax.default_backend()`).
     q_len: number of queries (selects the short causal tiles).
     kv_len: number of keys.
+
   Returns:
     (block_q, block_k, block_q_bwd, block_k_bwd) ints.
   """
@@ -111,6 +112,7 @@ def group_rows(z: int, causal: bool = False, q_len: int | None = None,
     causal: causal attention.
     q_len: number of queries.
     backend: 'cpu', 'gpu' or 'tpu' (default `jax.default_backend()`).
+
   Returns:
     Rows per kernel (z: a single kernel).
   """

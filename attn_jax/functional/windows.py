@@ -20,6 +20,7 @@ def window_partition(x: jax.Array, window: int) -> jax.Array:
   Args:
     x: [batch, height, width, channels]; height and width divisible by `window`.
     window: window side M in tokens.
+
   Returns:
     [batch, (height/M) * (width/M), M * M, channels].
   """
@@ -42,6 +43,7 @@ def window_reverse(windows: jax.Array, window: int, height: int, width: int) -> 
     window: window side M.
     height: feature map height (a multiple of M).
     width: feature map width (a multiple of M).
+
   Returns:
     [batch, height, width, channels].
   """
@@ -62,6 +64,7 @@ def cyclic_shift(x: jax.Array, shift: int) -> jax.Array:
   Args:
     x: [batch, height, width, channels].
     shift: tokens to roll along height and width.
+
   Returns:
     [batch, height, width, channels]; `reverse_cyclic_shift` undoes it.
   """
@@ -75,6 +78,7 @@ def reverse_cyclic_shift(x: jax.Array, shift: int) -> jax.Array:
   Args:
     x: [batch, height, width, channels].
     shift: tokens to roll along height and width.
+
   Returns:
     [batch, height, width, channels].
   """
@@ -88,6 +92,7 @@ def pad_to_window(x: jax.Array, window: int) -> jax.Array:
   Args:
     x: [batch, height, width, channels].
     window: window side M.
+
   Returns:
     [batch, ceil(height/M) M, ceil(width/M) M, channels] (x itself when no padding is needed).
   """
@@ -126,6 +131,7 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int) -> jax
     width: width of the (padded) feature map, a multiple of `window`.
     window: window side M.
     shift: shift in tokens (0 gives an all-True mask).
+
   Returns:
     bool [num_windows, M * M, M * M], True = may attend.
   """
@@ -146,6 +152,7 @@ def window_padding_mask(height: int, width: int, window: int, shift: int = 0) ->
     width: feature map width before padding.
     window: window side M.
     shift: the cyclic shift applied after padding.
+
   Returns:
     bool [num_windows, 1, M * M] over the padded (and shifted) map, True = real token.
   """
@@ -165,6 +172,7 @@ def relative_position_index(window: int) -> jax.Array:
 
   Args:
     window: window side M.
+
   Returns:
     int32 [M * M, M * M] with values in [0, (2M - 1)^2).
   """
@@ -181,6 +189,7 @@ def relative_position_bias(table: jax.Array, window: int) -> jax.Array:
   Args:
     table: [(2M - 1)^2, heads] learned biases.
     window: window side M.
+
   Returns:
     [heads, M * M, M * M], to add to the attention scores.
   """

@@ -123,6 +123,7 @@ class MultiHeadAttention(nn.Module):
         else 0, 1, ...).
       deterministic: disables dropout; otherwise the 'dropout' RNG stream is used.
       return_weights: also return the weights [batch, heads, q_len, kv_len] (reference path).
+
     Returns:
       [batch, q_len, out_features], or (out, weights) if `return_weights`.
     """
@@ -263,6 +264,7 @@ class AdditiveAttention(nn.Module):
       mask: bool, broadcastable to [batch, q_len, kv_len]; True = may attend.
       deterministic: disables dropout; otherwise the 'dropout' RNG stream is used.
       return_weights: also return the weights [batch, q_len, kv_len] (before dropout).
+
     Returns:
       [batch, q_len, d_v], or (out, weights) if `return_weights`.
     """
@@ -310,8 +312,10 @@ class LuongAttention(nn.Module):
       valid_lens: [batch] or [batch, q_len] number of valid keys (padding mask).
       mask: bool, broadcastable to [batch, q_len, kv_len]; True = may attend.
       return_weights: also return the weights [batch, q_len, kv_len].
+
     Returns:
       [batch, q_len, d_v], or (out, weights) if `return_weights`.
+
     Raises:
       ValueError: an unknown `score`.
     """

@@ -47,6 +47,7 @@ class MlpBlock(nn.Module):
     Args:
       x: [..., d].
       train: enables dropout (the 'dropout' RNG stream).
+
     Returns:
       [..., out_dim or d].
     """

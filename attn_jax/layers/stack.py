@@ -43,6 +43,7 @@ def run_stack(make_block: Callable[[str, int | None], nn.Module], x: jax.Array, 
     name: parameter prefix (`<name><i>` unrolled, `<name>_scan` scanned).
     returns_aux: the block returns (x, aux); the last block's aux is returned too.
     static: further keyword arguments of every block call (Python values, not traced).
+
   Returns:
     x, or (x, last aux) with `returns_aux`.
   """
@@ -83,6 +84,7 @@ def stack_params(tree: Mapping[str, Any], name: str, depth: int) -> dict[str, An
     tree: a params dict, e.g. a ViT's with `block0` ... `block{depth-1}`.
     name: the layer prefix ('block', 'layer').
     depth: number of layers.
+
   Returns:
     The same dict with `<name>_scan`: every leaf [depth, *leaf_shape] (NumPy).
   """
@@ -101,6 +103,7 @@ def unstack_params(tree: Mapping[str, Any], name: str) -> dict[str, Any]:
   Args:
     tree: a params dict holding `<name>_scan` (leaves [depth, ...]) at any level.
     name: the layer prefix.
+
   Returns:
     The dict with `<name>0` ... `<name>{depth-1}`, leaves [*leaf_shape].
   """

@@ -82,6 +82,7 @@ def model_for(path: str, num_classes: int | None = None, **overrides) -> nn.Modu
     num_classes: outputs of the head (default: the checkpoint's).
     **overrides: any other constructor attribute (e.g. `posemb_grid` for a new
       resolution, `window_size`, `dtype`).
+
   Returns:
     An unbound `ViT` or `SwinTransformer`.
   """
@@ -125,8 +126,10 @@ def load(model_or_config, path: str, *, num_classes: int | None = None,
       zeros, a new pre-logits kernel LeCun normal from `rng`.
     rng: PRNG key for freshly initialised entries (default `jax.random.key(0)`).
     method: resampling of position / bias tables, 'bilinear' or 'bicubic'.
+
   Returns:
     (params: nested dict of NumPy arrays in the model's layout and param dtype, LoadReport).
+
   Raises:
     CheckpointFormatError: unknown architecture, a truncated file, missing keys, or a shape
       that cannot be converted (the message names the key and both shapes).
@@ -241,6 +244,7 @@ def to_timm_state_dict(model: nn.Module, params: Any,
     model: the `ViT` / `SwinTransformer` the params belong to.
     params: its params, unrolled or scanned.
     image_size: the input size (fixes the ViT position grid; default from the params).
+
   Returns:
     {timm key: array}, e.g. 'blocks.0.attn.qkv.weight' [3 * width, width].
   """
@@ -267,6 +271,7 @@ def export_timm(model: nn.Module, params: Any, path: str,
     params: its params, unrolled or scanned.
     path: output file, `.safetensors` or `.pth`.
     image_size: the input size (default from the params).
+
   Returns:
     The state dict written ({timm key: NumPy array}).
   """
@@ -295,6 +300,7 @@ def export_run(workdir: str, path: str, step: int | None = None, best: bool = Fa
     path: output file, `.safetensors` or `.pth`.
     step: checkpoint step (default: the latest).
     best: the best checkpoint by `config.best_metric` instead.
+
   Returns:
     `path`.
   """

@@ -33,6 +33,7 @@ def resample_posemb(table: np.ndarray, n_extra: int, new_grid: tuple[int, int],
     n_extra: leading rows that are not on the grid (1 for a class token, else 0).
     new_grid: (new_h, new_w); old_grid: (old_h, old_w), default square.
     method: 'bilinear' (big_vision, timm's big_vision loader) or 'bicubic' (timm's default).
+
   Returns:
     [1, n_extra + new_h * new_w, dim], the dtype of `table`.
   """
@@ -55,6 +56,7 @@ def resample_bias_table(table: np.ndarray, new_window: int,
     table: [(2M - 1)^2, heads].
     new_window: M'.
     method: 'bilinear' or 'bicubic'.
+
   Returns:
     [(2M' - 1)^2, heads], the dtype of `table`.
   """

@@ -53,6 +53,7 @@ def length_penalty_factor(length: jax.Array, alpha: float | jax.Array) -> jax.Ar
   Args:
     length: [...] int lengths (tokens up to and including EOS).
     alpha: the penalty exponent (0: no normalisation).
+
   Returns:
     [...] float32.
   """
@@ -100,6 +101,7 @@ def greedy_decode(model: Any, params: Any, src: jax.Array, max_len: int,
     max_len: output length (static).
     src_lens: [batch] source lengths (default: the non-PAD count).
     length_penalty: alpha of `length_penalty_factor` for the reported scores.
+
   Returns:
     `DecodeOutput`: tokens [batch, max_len], scores [batch],
     cross_attention [batch, max_len, src_len].
@@ -163,6 +165,7 @@ def beam_search(model: Any, params: Any, src: jax.Array, max_len: int, beam_size
     length_penalty: alpha of `length_penalty_factor` (traced).
     src_lens: [batch] source lengths (default: the non-PAD count).
     greedy_fallback: also decode greedily and keep the better-scoring result (static).
+
   Returns:
     `DecodeOutput` of the best hypothesis per example: tokens [batch, max_len],
     scores [batch], cross_attention [batch, max_len, src_len].

@@ -135,8 +135,10 @@ class TransformerLM(nn.Module):
       segment_ids: [batch, len] int32 segment ids of packed rows (default: one segment);
         a token attends only to earlier tokens of its segment. Ignored with `decode`.
       train: dropout on (needs the 'dropout' RNG stream).
+
     Returns:
       [batch, len, vocab_size] float32 logits.
+
     Raises:
       ValueError: tokens not [batch, len], positions or segment_ids not of tokens'
         shape, or an unknown `position`.

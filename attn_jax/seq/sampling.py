@@ -37,6 +37,7 @@ def filter_logits(logits: jax.Array, temperature: float = 1.0, top_k: int = 0,
     top_k: keep the k largest (0 = all).
     top_p: keep the smallest set of most likely ids whose probability reaches p (the most
       likely id is always kept; 1.0 = all).
+
   Returns:
     [..., vocab] float32 scaled logits, the filtered-out ids at -inf.
   """
@@ -75,6 +76,7 @@ def sample(model, params, prompt: jax.Array, max_new_tokens: int, key: jax.Array
       temperature, top_k, top_p)`.
     top_k: see `filter_logits`.
     top_p: see `filter_logits`.
+
   Returns:
     `Samples`: tokens [batch, prompt_len + max_new_tokens], logits
     [batch, max_new_tokens, vocab].

@@ -144,6 +144,7 @@ def keys_help(config) -> str:
 
   Args:
     config: a ConfigDict (e.g. `base_config()` with an experiment's changes).
+
   Returns:
     Lines `  --config.<key>=<value!r>    <meaning>`, joined by newlines; `model.*` keys
     without a meaning are noted as model constructor arguments.
@@ -175,6 +176,7 @@ def did_you_mean(key: str, known) -> str:
   Args:
     key: the unknown key.
     known: the candidate keys (any iterable of str).
+
   Returns:
     " (did you mean 'x'?)" for the closest of `known` (difflib, cutoff 0.6), or ''.
   """
@@ -212,8 +214,10 @@ def validate(config, num_devices: int | None = None) -> None:
     config: the run config (`base_config()` with changes).
     num_devices: the global device count; None skips the checks that depend on it (the
       mesh fits the devices; the batch sizes divide over the batch shards).
+
   Returns:
     None.
+
   Raises:
     ConfigError: the first problem found; the message names the key.
   """

@@ -63,8 +63,10 @@ def setup(config, workdir: str) -> Setup:
   Args:
     config: a run config (`attn_jax.train.config.base_config()` and a config file's keys).
     workdir: the run's folder (unused here: setup writes nothing).
+
   Returns:
     The `Setup`.
+
   Raises:
     ConfigError: an invalid config (the message names the key).
   """
@@ -119,6 +121,7 @@ def evaluate(strategy, eval_step, state, batches: Iterator[dict[str, np.ndarray]
     eval_step: from `step.make_eval_step`, compiled by the strategy.
     state: the TrainState on the devices.
     batches: host batches, e.g. {'image': [b, h, w, c], 'label': [b], 'mask': [b]}.
+
   Returns:
     {'eval_loss', 'eval_accuracy', ... (floats), 'eval_examples'}; {} without batches.
   """

@@ -167,6 +167,7 @@ class JitStrategy:
     Args:
       step_fn: `(state, batch) -> (state, metrics)` (`step.make_train_step` with
         axis_name=None).
+
     Returns:
       The compiled `(state, batch) -> (state, metrics)`: the state in its shardings
       (the input state's buffers are donated), the metrics replicated.
@@ -181,6 +182,7 @@ class JitStrategy:
 
     Args:
       step_fn: `(state, batch) -> sums` (`step.make_eval_step` with axis_name=None).
+
     Returns:
       The compiled `(state, batch) -> sums`, the sums replicated.
     """
@@ -213,6 +215,7 @@ class JitStrategy:
 
     Args:
       state: a pytree of global arrays.
+
     Returns:
       The same pytree of full (unsharded) numpy arrays.
     """
@@ -223,6 +226,7 @@ class JitStrategy:
 
     Args:
       tree: a flat dict of scalar arrays (metrics or eval sums).
+
     Returns:
       {name: float}.
     """
@@ -256,6 +260,7 @@ class PmapStrategy:
 
     Args:
       init_fn: `() -> state`, the pure state initialiser.
+
     Returns:
       The state with a leading axis of `n` (local devices) copies, as numpy.
     """
@@ -266,6 +271,7 @@ class PmapStrategy:
 
     Args:
       init_fn: `() -> state` (only traced, `jax.eval_shape`).
+
     Returns:
       The state's pytree of numpy zeros (no device axis): the restore target.
     """
@@ -276,6 +282,7 @@ class PmapStrategy:
 
     Args:
       state: the replicated state, with its leading device axis.
+
     Returns:
       The state as numpy, without the device axis.
     """
@@ -286,6 +293,7 @@ class PmapStrategy:
 
     Args:
       restored: the state as restored into `abstract_state` (numpy, no device axis).
+
     Returns:
       The state with a leading axis of `n` copies.
     """
@@ -296,6 +304,7 @@ class PmapStrategy:
 
     Args:
       host_state: a pytree of arrays (no device axis).
+
     Returns:
       The pytree of numpy arrays [n, ...] (n = local devices).
     """
@@ -306,6 +315,7 @@ class PmapStrategy:
 
     Args:
       local_batch: {name: [local_batch, ...]}, local_batch divisible by `n`.
+
     Returns:
       {name: [n, local_batch / n, ...]} numpy arrays.
     """
@@ -318,6 +328,7 @@ class PmapStrategy:
     Args:
       step_fn: `(state, batch) -> (state, metrics)` that reduces over 'data'
         (`step.make_train_step` with axis_name='data').
+
     Returns:
       The pmapped step: state, batch and metrics carry the leading device axis.
     """
@@ -329,6 +340,7 @@ class PmapStrategy:
     Args:
       step_fn: `(state, batch) -> sums` that reduces over 'data'
         (`step.make_eval_step` with axis_name='data').
+
     Returns:
       The pmapped step: its sums carry the leading device axis (equal copies).
     """
@@ -339,6 +351,7 @@ class PmapStrategy:
 
     Args:
       state: the replicated state, with its leading device axis.
+
     Returns:
       The state as numpy, without the device axis.
     """
@@ -349,6 +362,7 @@ class PmapStrategy:
 
     Args:
       tree: a flat dict of pmapped scalars (each [n], equal after the step's psum).
+
     Returns:
       {name: float}.
     """
@@ -362,8 +376,10 @@ def make_strategy(name: str, mesh: Any = None):
     name: `config.strategy`, 'jit' or 'pmap'.
     mesh: `config.mesh` (a ConfigDict / mapping / 'data=2,fsdp=4' string / None: every
       device on 'data'); 'pmap' takes only the default.
+
   Returns:
     A `PmapStrategy` or a `JitStrategy`.
+
   Raises:
     ConfigError: a non-default mesh with 'pmap', or (jit, several processes) model*seq
       not dividing each process's devices.

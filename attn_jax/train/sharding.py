@@ -109,8 +109,10 @@ def make_mesh(spec: Any = None, devices: list | None = None) -> Mesh:
     spec: a `MeshSpec`, None / '' (every device on 'data'), an 'axis=size,...' string or
       a mapping / ConfigDict of axis sizes.
     devices: the devices to lay out (default `jax.devices()`, every process's).
+
   Returns:
     A `jax.sharding.Mesh` of axes ('data',) or `AXES`.
+
   Raises:
     ValueError: a malformed spec, or axis sizes that do not multiply to len(devices).
   """
@@ -130,6 +132,7 @@ def axis_size(mesh: Mesh, name: str) -> int:
   Args:
     mesh: a Mesh (or anything with a `shape` mapping of axis sizes).
     name: an axis name, e.g. 'fsdp'.
+
   Returns:
     The axis size, an int >= 1.
   """
@@ -141,6 +144,7 @@ def batch_spec(mesh: Mesh) -> P:
 
   Args:
     mesh: a mesh with 'data' and / or 'fsdp'.
+
   Returns:
     `P('data')`, `P('fsdp')` or `P(('data', 'fsdp'))`.
   """
@@ -153,6 +157,7 @@ def batch_shards(mesh: Mesh) -> int:
 
   Args:
     mesh: the mesh.
+
   Returns:
     size('data') * size('fsdp') (1 for an axis the mesh lacks).
   """
@@ -179,6 +184,7 @@ def param_spec(path: tuple[str, ...], shape: tuple[int, ...], fsdp: int = 1, mod
     fsdp: devices on the mesh's 'fsdp' axis.
     model: devices on the mesh's 'model' axis.
     fsdp_min_size: smallest parameter (in elements) that 'fsdp' splits.
+
   Returns:
     A PartitionSpec with one entry per axis up to the last split one (`P()`: replicated).
   """
@@ -210,6 +216,7 @@ def without_axis(spec: P, axis: str) -> P:
   Args:
     spec: a PartitionSpec, e.g. `P(None, ('model', 'fsdp'))`.
     axis: the mesh axis to drop, e.g. 'fsdp'.
+
   Returns:
     The PartitionSpec, e.g. `P(None, 'model')`.
   """
@@ -228,6 +235,7 @@ def param_specs(params: Any, mesh: Mesh, fsdp_min_size: int = 2 ** 14) -> Any:
     params: a parameter pytree of arrays or ShapeDtypeStructs.
     mesh: the mesh (its 'fsdp' and 'model' sizes; 1 where it lacks them).
     fsdp_min_size: smallest parameter (in elements) that 'fsdp' splits.
+
   Returns:
     A pytree of `params`' structure with a PartitionSpec per leaf.
   """
@@ -245,6 +253,7 @@ def follow_params(tree: Any, params: Any, specs: Any) -> Any:
     tree: the pytree to lay out, e.g. an optax state (arrays or ShapeDtypeStructs).
     params: the parameter pytree.
     specs: `params`' PartitionSpecs (`param_specs`).
+
   Returns:
     A pytree of `tree`'s structure with a PartitionSpec per leaf.
   """
@@ -273,6 +282,7 @@ def state_specs(abstract_state: Any, mesh: Mesh, fsdp_min_size: int = 2 ** 14) -
       `TrainState`; arrays or ShapeDtypeStructs), or any pytree.
     mesh: the mesh.
     fsdp_min_size: smallest parameter (in elements) that 'fsdp' splits.
+
   Returns:
     A tree of the state's structure (the same dataclass) with a PartitionSpec per leaf.
   """
@@ -295,6 +305,7 @@ def state_shardings(abstract_state: Any, mesh: Mesh, fsdp_min_size: int = 2 ** 1
     abstract_state: the state, as for `state_specs`.
     mesh: the mesh.
     fsdp_min_size: smallest parameter (in elements) that 'fsdp' splits.
+
   Returns:
     A tree of the state's structure with a NamedSharding per leaf (e.g. jit's
     `out_shardings`).
@@ -310,8 +321,10 @@ def bytes_per_device(tree: Any, shardings: Any) -> int:
   Args:
     tree: a pytree of arrays or ShapeDtypeStructs.
     shardings: one `jax.sharding.Sharding` per leaf of `tree` (a pytree), or one for all.
+
   Returns:
     The total in bytes (shard shape x itemsize, summed over the leaves).
+
   Raises:
     ValueError: `shardings` has a different number of leaves than `tree`.
   """
@@ -331,6 +344,7 @@ def describe_specs(params: Any, specs: Any) -> Mapping[str, str]:
   Args:
     params: a parameter pytree (arrays or ShapeDtypeStructs).
     specs: its PartitionSpecs (`param_specs`), in the same leaf order.
+
   Returns:
     e.g. {'block0/attn/W_q': "(128, 128) -> P(None, 'model')", ...}.
   """

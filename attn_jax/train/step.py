@@ -61,6 +61,7 @@ def init_state(model: nn.Module, task: Task, tx: optax.GradientTransformation, b
     tx: the optax optimizer.
     batch: a batch (its shapes: one example of it initialises the model).
     seed: the PRNG seed of the init and of the dropout keys.
+
   Returns:
     The `TrainState` (step 0).
   """
@@ -83,6 +84,7 @@ def forward(model: nn.Module, task: Task, params, model_state, batch: Batch, rng
     batch: e.g. {'image': [b, h, w, c], 'label': [b]} (see `attn_jax.train.tasks`).
     rng: the dropout key (when `train`).
     train: training mode (dropout, batch statistics).
+
   Returns:
     (logits float32, e.g. [b, classes] or [b, T, vocab]; the model state).
   """
@@ -131,6 +133,7 @@ def make_train_step(model: nn.Module, task: Task, tx: optax.GradientTransformati
     accum: gradient accumulation steps inside `tx` (the schedule advances once per `accum`).
     axis_name: the pmap axis to reduce over (None under jit).
     constrain_params: params -> params with the computation's sharding, or None.
+
   Returns:
     `train_step(state, batch) -> (state, metrics)`: metrics are scalars (loss, accuracy,
     grad_norm, learning_rate, ...).
@@ -176,6 +179,7 @@ def make_eval_step(model: nn.Module, task: Task, label_smoothing: float,
     label_smoothing: of the reported loss.
     axis_name: the pmap axis to reduce over (None under jit).
     constrain_params: params -> params with the computation's sharding, or None.
+
   Returns:
     `eval_step(state, batch) -> {'loss_sum', 'correct', 'weight', 'examples', ...}`
     (scalars; `step.summarize` turns their totals into means).

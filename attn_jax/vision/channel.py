@@ -25,6 +25,7 @@ def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
     channels: number of channels C.
     gamma: the paper's gamma.
     b: the paper's b.
+
   Returns:
     An odd kernel size (1 for C <= 4).
   """
@@ -134,6 +135,7 @@ def channel_attention(kind: str, reduction: int = 16, dtype: Any = None,
     reduction: channel reduction of SE / CBAM's MLP.
     dtype: compute dtype.
     param_dtype: parameter dtype.
+
   Returns:
     The module ([batch, height, width, C] -> same shape), or None for 'none'.
   """

@@ -16,6 +16,7 @@ def drop_path(x: jax.Array, rate: float | jax.Array, rng: jax.Array | None) -> j
     x: [batch, ...] branch output.
     rate: drop probability per example.
     rng: PRNG key (unused when rate is 0).
+
   Returns:
     [batch, ...], x's shape and dtype.
   """

@@ -79,6 +79,7 @@ class ResNet(nn.Module):
     Args:
       images: [batch, height, width, channels] float.
       train: BatchNorm uses (and, with `mutable=['batch_stats']`, updates) batch statistics.
+
     Returns:
       [batch, num_classes] float32 logits.
     """
@@ -113,6 +114,7 @@ def resnet_variant(name: str, num_classes: int, **overrides) -> ResNet:
     name: 'ResNet-18', 'ResNet-34' or 'ResNet-20'.
     num_classes: classifier outputs.
     **overrides: any other ResNet attribute (attention='cbam', small_inputs=False, ...).
+
   Returns:
     The `ResNet` module.
   """

@@ -42,6 +42,7 @@ class SpatialTransformer(nn.Module):
 
     Args:
       images: [batch, height, width, channels].
+
     Returns:
       [batch, out_height, out_width, channels] (`out_size`, default the input size);
       the predicted theta [batch, 2, 3] is sown as 'theta' in 'intermediates'.
@@ -91,6 +92,7 @@ class STN(nn.Module):
     Args:
       images: [batch, height, width, channels].
       train: passed to the classifier.
+
     Returns:
       [batch, num_classes] logits of the classifier.
     """

@@ -37,6 +37,7 @@ def effective_window(height: int, width: int, window: int, shift: int) -> tuple[
     width: feature map width in tokens.
     window: the configured window side M.
     shift: the configured shift.
+
   Returns:
     (window, shift) to use on a height x width map.
   """
@@ -208,6 +209,7 @@ class SwinTransformer(nn.Module):
       images: [batch, height, width, channels] float; a size that the windows do not
         divide is zero-padded and the padding masked out of the keys.
       train: enables dropout and stochastic depth (the 'dropout' RNG stream).
+
     Returns:
       [batch, num_classes] float32 logits.
     """
@@ -260,6 +262,7 @@ def swin_variant(name: str, num_classes: int, **overrides) -> SwinTransformer:
     name: 'Swin-{T,S,B,L}' with an optional '/p{patch}w{window}' suffix.
     num_classes: classifier outputs.
     **overrides: any other SwinTransformer attribute (drop_path_rate, scan_layers, ...).
+
   Returns:
     The `SwinTransformer` module.
   """

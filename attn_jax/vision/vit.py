@@ -135,6 +135,7 @@ class ViT(nn.Module):
       images: [batch, height, width, channels] float; height and width divisible by
         `patch_size` (another grid than `posemb_grid` resamples the learned table).
       train: enables dropout and stochastic depth (the 'dropout' RNG stream).
+
     Returns:
       [batch, num_classes] float32 logits. With 'intermediates' mutable, every block sows
       its attention weights [batch, heads, tokens, tokens] under
@@ -212,6 +213,7 @@ def vit_variant(name: str, num_classes: int, image_size: int | tuple[int, int] |
     num_classes: classifier outputs.
     image_size: training resolution; fixes `posemb_grid` for the learned table.
     **overrides: any other ViT attribute (pool, posemb, dropout_rate, ...).
+
   Returns:
     The `ViT` module (call it on images [batch, height, width, channels]).
   """
