@@ -21,3 +21,15 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 def pytest_sessionfinish(session, exitstatus):
   if _OWN_CACHE and "PYTEST_XDIST_WORKER" not in os.environ:
     shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+# Files with the longest tests (multi-device children, notebook kernels, learning runs) go
+# first, so that with `-n 2` the short tests fill the end and neither worker idles there.
+SLOW_FIRST = ("test_notebooks.py", "test_sequence_parallel.py", "test_sharding.py",
+              "test_seq_learning.py", "test_train_parallel.py", "test_ring_attention.py",
+              "test_faults.py", "test_train_resume.py", "test_experiment_configs.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+  rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))
