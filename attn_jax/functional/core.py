@@ -158,7 +158,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   var = V.check_variants(fn, shape, window=window, q_segment_ids=q_segment_ids,
                          kv_segment_ids=kv_segment_ids, softcap=softcap,
                          alibi_slopes=alibi_slopes)
-  if implementation == "ring" or (implementation is None and R.context_mesh() is not None):
+  ring_mesh = R.context_mesh() if implementation in (None, "ring") else None
+  if implementation == "ring" or ring_mesh is not None:
     lacks = R.ring_supported(q, k, v, mask=mask, bias=bias, valid_lens=valid_lens,
                              window=var.window, softcap=var.softcap,
                              alibi_slopes=var.alibi_slopes, custom_scorer=score_fn is not None,
@@ -166,7 +167,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                              segment_ids=(q_segment_ids, kv_segment_ids))
     if implementation == "ring" and lacks:
       raise ValueError(f"attention(): implementation='ring' does not support: {lacks}.")
-    if implementation == "ring" and R.context_mesh() is None:
+    if implementation == "ring" and ring_mesh is None:
       raise ValueError("attention(): implementation='ring' needs a mesh with a 'seq' axis of "
                        "size > 1 set by jax.set_mesh(mesh).")
     if not lacks:
