@@ -1,5 +1,7 @@
 """A small ViT (7 layers, width 384, 12 heads, patch 4) on CIFAR-10, 200 epochs: the anchor's recipe
-(random crop + flip, the CIFAR-10 AutoAugment policy, label smoothing 0.1, AdamW, cosine).
+(omihub777/ViT-CIFAR, 90.92%): random crop + flip, the CIFAR-10 AutoAugment policy, label
+smoothing 0.1, no dropout, Adam with L2 weight decay 5e-5, batch 128, 5 warmup epochs, then
+cosine from 1e-3 to 1e-5. The anchor's "patch 8" is 8 x 8 patches per image: 4 x 4 pixels.
 
     python -m experiments.train --config configs/cifar10_vit.py --workdir runs/cifar10_vit
 
@@ -18,8 +20,8 @@ def get_config():
   c.model.depth = 7
   c.model.num_heads = 12
   c.model.mlp_dim = 384
-  c.model.dropout_rate = 0.1
-  c.model.drop_path_rate = 0.1
+  c.model.dropout_rate = 0.0
+  c.model.drop_path_rate = 0.0
   c.data.source = "local"
   c.data.name = "cifar10"
   c.data.path = "../shared/data/cifar10_jpg"
@@ -28,11 +30,11 @@ def get_config():
   c.data.crop_padding = 4
   c.data.flip = True
   c.data.augment_policy = "autoaugment"   # attn_jax.data.autoaugment: the CIFAR-10 policy
-  c.optim.name = "adamw"
+  c.optim.name = "adam"               # weight decay added to the gradient (L2), as torch's Adam
   c.optim.learning_rate = 1e-3
-  c.optim.weight_decay = 0.05
-  c.optim.warmup_steps = 1000
-  c.optim.grad_clip_norm = 1.0
+  c.optim.end_lr_factor = 0.01        # 1e-5 at the end
+  c.optim.weight_decay = 5e-5
+  c.optim.warmup_steps = 1955         # 5 epochs
   c.label_smoothing = 0.1
   c.batch_size = 128
   c.eval_batch_size = 500

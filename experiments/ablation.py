@@ -3,6 +3,7 @@ r"""Channel-attention ablation: none / SE / ECA / CBAM on one recipe, several se
     python -m experiments.ablation --root ~/attn_jax_runs/ablation --seeds 0,1,2 \
         --overrides=--config.num_steps=1400,--config.eval_every=700
     python -m experiments.ablation --root ~/attn_jax_runs/ablation --summary   # table only
+    python -m experiments.ablation --root results/ablation --summary --out docs/ablation.md
 
 Trains `configs/fashion_mnist_resnet.py:<variant>` once per (variant, seed) with
 `experiments.train` in `<root>/<variant>_s<seed>` (each run resumable: rerunning the command
@@ -81,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   p.add_argument("--config", default="configs/fashion_mnist_resnet.py")
   p.add_argument("--overrides", default="", help="comma-separated --config.<key>=<value> flags")
   p.add_argument("--summary", action="store_true", help="only print the table")
+  p.add_argument("--out", default="", help="also write the table to this markdown file")
   args = p.parse_args(argv)
   variants = [v for v in args.variants.split(",") if v]
   seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -96,7 +98,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print("+", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True)
   summary = summarize(args.root, variants, seeds)
-  print(table(summary, variants))
+  text = table(summary, variants)
+  print(text)
+  if args.out:
+    with open(args.out, "w") as f:
+      f.write(text)
   return summary
 
 

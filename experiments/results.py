@@ -7,10 +7,18 @@ Reads each run's `run.json` (written by the training loop: config, parameter cou
 training wall time over all resumptions, hardware, command) and any `eval_<split>.json`
 written by `experiments.evaluate` (BLEU, perplexity). One row per run: model, params,
 dataset, metric, measured value, published anchor, whether the anchor is met, steps,
-epochs, wall time, hardware and the commands that produced it.
+epochs, wall time, hardware, the date of the run's last update and the commands that
+produced it.
 
 With `--curves DIR` each run also gets `DIR/<run>.png`: train loss and the validation metric
 against steps and training wall time (`attn_jax.analysis.curves`).
+
+With `--archive DIR` the small records of each run (`run.json`, `config.json`, `metrics.jsonl`,
+`eval_*.json`, `selection_*.json`, `samples.json`; no checkpoints) are first copied to
+`DIR/<run>/` and the table is built from those copies. The repository keeps them in
+`results/`, so its table can be rebuilt from a clean clone:
+
+    python -m experiments.results --out docs/results.md results/*/
 
 Classification rows report the final eval accuracy on `config.data.eval_split` (the test
 split in every shipped config; never the best-of-many on test). Translation rows report
@@ -23,13 +31,22 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import sys
+import time
 from typing import Any
 
 from absl import app, flags
 
 _OUT = flags.DEFINE_string("out", "", "Also write the table to this markdown file.")
 _CURVES = flags.DEFINE_string("curves", "", "Write one learning-curve PNG per run here.")
+_ARCHIVE = flags.DEFINE_string("archive", "", "Copy each run's records (no checkpoints) to "
+                               "<archive>/<run>/ and build the table from the copies.")
+
+# What a row, a curve or a later re-tabulation needs; everything else in a workdir (checkpoints,
+# TensorBoard events, pictures) stays behind.
+RECORD_PATTERNS = ("run.json", "config.json", "metrics.jsonl", "eval_*.json", "selection_*.json",
+                   "samples.json")
 
 
 def _load(path: str) -> dict[str, Any] | None:
@@ -75,12 +92,37 @@ def _dataset(d: dict[str, Any]) -> str:
   return name + (f" ({', '.join(extra)})" if extra else "")
 
 
+def archive(workdir: str, dest_root: str) -> str:
+  """Copy the records of `workdir` (RECORD_PATTERNS) to `dest_root/<run>/`; returns that path.
+
+  Raises:
+    FileNotFoundError: `workdir` has no run.json.
+  """
+  name = os.path.basename(workdir.rstrip("/"))
+  if not os.path.exists(os.path.join(workdir, "run.json")):
+    raise FileNotFoundError(f"archive: {workdir} has no run.json; train with experiments.train")
+  dest = os.path.join(dest_root, name)
+  if os.path.abspath(dest) == os.path.abspath(workdir):
+    return dest
+  os.makedirs(dest, exist_ok=True)
+  for pattern in RECORD_PATTERNS:
+    for src in sorted(glob.glob(os.path.join(workdir, pattern))):
+      shutil.copy2(src, os.path.join(dest, os.path.basename(src)))
+  run = _load(os.path.join(dest, "run.json"))
+  if "updated" not in run:   # older records: the trainer's last write of run.json dates it
+    mtime = os.path.getmtime(os.path.join(workdir, "run.json"))
+    run["updated"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(mtime))
+    with open(os.path.join(dest, "run.json"), "w") as f:
+      json.dump(run, f, indent=1)
+  return dest
+
+
 def _test_evals(workdir: str) -> list[dict[str, Any]]:
-  """The eval_<split>*.json not on the validation split, widest beam first (then newest)."""
-  files = sorted(glob.glob(os.path.join(workdir, "eval_*.json")), key=os.path.getmtime,
-                 reverse=True)
+  """The eval_<split>*.json not on the validation split, widest beam first, then the latest
+  step (file modification times do not survive a git checkout, so they are not used)."""
+  files = sorted(glob.glob(os.path.join(workdir, "eval_*.json")))
   evals = [e for e in map(_load, files) if e and e.get("split") != "val"]
-  return sorted(evals, key=lambda e: -e.get("beam", 1))
+  return sorted(evals, key=lambda e: (-e.get("beam", 1), -int(e.get("step") or 0)))
 
 
 def _bleu_notes(test: dict[str, Any], others: list[dict[str, Any]]) -> str:
@@ -112,6 +154,7 @@ def row(workdir: str) -> dict[str, Any] | None:
        "steps": run.get("step", 0), "planned": cfg.get("num_steps"),
        "epochs": (run.get("step", 0) * cfg["batch_size"] / num_train) if num_train else None,
        "wall_min": run.get("wall_s", 0.0) / 60, "hardware": run.get("hardware", "?"),
+       "date": str(run.get("updated", ""))[:10] or None,
        "anchor": anchor.get("value") or None, "anchor_source": anchor.get("source", ""),
        "extra": ""}
   metric = anchor.get("metric", "accuracy")
@@ -154,14 +197,15 @@ def _fmt(v, spec: str) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
   """Markdown: one row per run, commands listed under the table."""
   head = ("| run | model | params | dataset | metric | measured | anchor | met | steps (planned) "
-          "| epochs | wall time | hardware | notes |")
+          "| epochs | wall time | hardware | date | notes |")
   lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
   for r in rows:
     steps = f"{r['steps']:,}" + (f" ({r['planned']:,})" if r["planned"] != r["steps"] else "")
     lines.append(
         f"| {r['run']} | {r['model']} | {r['params'] / 1e6:.2f}M | {r['dataset']} | {r['metric']} "
         f"| {_fmt(r['value'], '.2f')} | {_fmt(r['anchor'], '.1f')} | {r['met']} | {steps} "
-        f"| {_fmt(r['epochs'], '.1f')} | {r['wall_min']:.0f} min | {r['hardware']} | {r['extra']} |")
+        f"| {_fmt(r['epochs'], '.1f')} | {r['wall_min']:.0f} min | {r['hardware']} "
+        f"| {r['date'] or '—'} | {r['extra']} |")
   lines.append("")
   lines.append("Anchors: " + "; ".join(sorted({f"{r['anchor_source']}" for r in rows
                                                 if r["anchor_source"]})) + ".")
@@ -176,6 +220,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str]) -> None:
   dirs = argv[1:] or sorted(glob.glob("runs/*/"))
+  if _ARCHIVE.value:
+    dirs = [archive(d, _ARCHIVE.value) for d in dirs]
+    print(f"archived {len(dirs)} run record(s) in {_ARCHIVE.value}")
   rows = [r for r in (row(d) for d in dirs) if r is not None]
   if not rows:
     raise app.UsageError(f"no run.json in {dirs}; train with experiments.train first.")

@@ -2,9 +2,11 @@
 BLEU input, the run record that sums wall time over resumptions, and the results table."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import sys
+import time
 
 import ml_collections
 import numpy as np
@@ -92,7 +94,7 @@ def test_run_record_sums_wall_time_over_resumptions(tmp_path, monkeypatch):
 
 def _fake_run(root, name, cfg, step, eval_metrics, test=None):
   d = root / name
-  d.mkdir()
+  d.mkdir(parents=True)
   rec = {"commands": [f"python -m experiments.train --workdir runs/{name}"],
          "config": json.loads(cfg.to_json_best_effort()), "num_params": 2_500_000,
          "hardware": "1 x cpu (test)", "step": step, "wall_s": 600.0, "eval": eval_metrics}
@@ -132,3 +134,45 @@ def test_a_test_images_warp_angle_can_be_recomputed():
   assert -45 <= angle <= 45 and angle != 0
   expected = P.random_affine(img, _Fixed(angle), rotate=45).astype(np.float32)
   np.testing.assert_allclose(ev({"image": img, "label": 0})["image"], expected, atol=1e-3)
+
+
+def test_results_archive_keeps_records_not_checkpoints(tmp_path):
+  cfg = base_config()
+  cfg.model = ml_collections.ConfigDict({"name": "transformer", "depth": 3, "width": 256})
+  cfg.data.source, cfg.num_steps = "multi30k", 100
+  cfg.anchor.metric, cfg.anchor.value = "bleu_lower", 36.5
+  run = _fake_run(tmp_path / "runs", "tr", cfg, 100, {},
+                  {"split": "test_2016_flickr", "bleu": 30.1, "bleu_lower": 31.0, "step": 100,
+                   "eval_perplexity": 7.5, "beam": 1, "command": "python -m eval"})
+  (tmp_path / "runs" / "tr" / "eval_test_2016_flickr_beam4.json").write_text(json.dumps(
+      {"split": "test_2016_flickr", "bleu": 32.0, "bleu_lower": 33.0, "step": 100,
+       "eval_perplexity": 7.5, "beam": 4, "command": "python -m eval --beam=4"}))
+  (tmp_path / "runs" / "tr" / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+  (tmp_path / "runs" / "tr" / "checkpoints" / "100").mkdir(parents=True)
+  dest = results.archive(run, str(tmp_path / "records"))
+  assert sorted(os.listdir(dest)) == ["eval_test_2016_flickr.json",
+                                      "eval_test_2016_flickr_beam4.json", "metrics.jsonl",
+                                      "run.json"]
+  archived, original = results.row(dest), results.row(run)
+  assert archived.pop("date") == time.strftime("%Y-%m-%d", time.gmtime())   # stamped from run.json's mtime
+  assert original.pop("date") is None and archived == original
+  assert results.row(dest)["value"] == pytest.approx(33.0)   # widest beam, not file order
+  with pytest.raises(FileNotFoundError, match="no run.json"):
+    results.archive(str(tmp_path / "missing"), str(tmp_path / "records"))
+
+
+def test_committed_results_tables_are_rebuilt_from_committed_records():
+  """docs/results.md and docs/ablation.md are what the scripts print for results/."""
+  from experiments import ablation
+  root = os.path.join(os.path.dirname(__file__), "..")
+  runs = sorted(d for d in glob.glob(os.path.join(root, "results", "*", "run.json")))
+  if not runs:
+    pytest.skip("no archived run records in results/")
+  rows = [results.row(os.path.dirname(r)) for r in runs]
+  with open(os.path.join(root, "docs", "results.md")) as f:
+    assert f.read() == results.table(rows)
+  abl = os.path.join(root, "results", "ablation")
+  if os.path.isdir(abl):
+    summary = ablation.summarize(abl, ablation.VARIANTS, (0, 1, 2))
+    with open(os.path.join(root, "docs", "ablation.md")) as f:
+      assert f.read() == ablation.table(summary, ablation.VARIANTS)

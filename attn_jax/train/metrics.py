@@ -143,9 +143,9 @@ def hardware() -> str:
 class RunRecord:
   """`<workdir>/run.json`: what a results table needs, kept current during training.
 
-  Holds the command line, config, parameter count, hardware, the last step and the
-  training wall time summed over every (resumed) invocation, plus the latest and best
-  eval metrics. Rewritten atomically at each eval and at the end, so a killed run
+  Holds the command line, config, parameter count, hardware, the last step, the
+  training wall time summed over every (resumed) invocation, the time of the last update
+  (`updated`, UTC), plus the latest and best eval metrics. Rewritten atomically at each eval and at the end, so a killed run
   still has its record.
   """
 
@@ -174,6 +174,7 @@ class RunRecord:
     r = self.record
     r["step"] = int(step)
     r["wall_s"] = self.prior_wall_s + (time.time() - self.t0)
+    r["updated"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if eval_metrics:
       r["eval"] = {"step": int(step), **{k: float(v) for k, v in eval_metrics.items()}}
       if best_metric in eval_metrics:
