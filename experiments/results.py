@@ -33,10 +33,11 @@ import json
 import os
 import shutil
 import sys
-import time
 from typing import Any
 
 from absl import app, flags
+
+from attn_jax.train.metrics import utc_stamp
 
 _OUT = flags.DEFINE_string("out", "", "Also write the table to this markdown file.")
 _CURVES = flags.DEFINE_string("curves", "", "Write one learning-curve PNG per run here.")
@@ -110,8 +111,7 @@ def archive(workdir: str, dest_root: str) -> str:
       shutil.copy2(src, os.path.join(dest, os.path.basename(src)))
   run = _load(os.path.join(dest, "run.json"))
   if "updated" not in run:   # older records: the trainer's last write of run.json dates it
-    mtime = os.path.getmtime(os.path.join(workdir, "run.json"))
-    run["updated"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(mtime))
+    run["updated"] = utc_stamp(os.path.getmtime(os.path.join(workdir, "run.json")))
     with open(os.path.join(dest, "run.json"), "w") as f:
       json.dump(run, f, indent=1)
   return dest

@@ -23,8 +23,9 @@ from test_data_readers import make_idx_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Config files that take an argument, with every argument they accept.
-ARGS = {"fashion_mnist_resnet": ("none", "se", "eca", "cbam"), "cifar10_resnet": ("none", "cbam"), "mnist_stn": ("stn", "cnn"),
-        "multi30k_transformer": ("de_en", "en_de"), "multi30k_gru": ("de_en", "en_de")}
+ARGS = {"fashion_mnist_resnet": ("none", "se", "eca", "cbam"), "cifar10_resnet": ("none", "cbam"),
+        "mnist_stn": ("stn", "cnn"), "multi30k_transformer": ("de_en", "en_de"),
+        "multi30k_gru": ("de_en", "en_de")}
 # Every experiment file (those with a get_config; configs/common.py holds shared pieces).
 CASES = [(os.path.basename(p)[:-3], a)
          for p in sorted(glob.glob(os.path.join(ROOT, "configs", "[!_]*.py")))

@@ -154,7 +154,8 @@ def test_results_archive_keeps_records_not_checkpoints(tmp_path):
                                       "eval_test_2016_flickr_beam4.json", "metrics.jsonl",
                                       "run.json"]
   archived, original = results.row(dest), results.row(run)
-  assert archived.pop("date") == time.strftime("%Y-%m-%d", time.gmtime())   # stamped from run.json's mtime
+  # the record had no `updated`: archive dates it by run.json's modification time (now)
+  assert archived.pop("date") == time.strftime("%Y-%m-%d", time.gmtime())
   assert original.pop("date") is None and archived == original
   assert results.row(dest)["value"] == pytest.approx(33.0)   # widest beam, not file order
   with pytest.raises(FileNotFoundError, match="no run.json"):
@@ -165,7 +166,7 @@ def test_committed_results_tables_are_rebuilt_from_committed_records():
   """docs/results.md and docs/ablation.md are what the scripts print for results/."""
   from experiments import ablation
   root = os.path.join(os.path.dirname(__file__), "..")
-  runs = sorted(d for d in glob.glob(os.path.join(root, "results", "*", "run.json")))
+  runs = sorted(glob.glob(os.path.join(root, "results", "*", "run.json")))
   if not runs:
     pytest.skip("no archived run records in results/")
   rows = [results.row(os.path.dirname(r)) for r in runs]

@@ -140,13 +140,18 @@ def hardware() -> str:
   return f"{len(devs)} x {devs[0].device_kind} ({cpu}, {cores})"
 
 
+def utc_stamp(seconds: float | None = None) -> str:
+  """'YYYY-MM-DD HH:MM UTC' of `seconds` since the epoch (default: now), as run.json keeps it."""
+  return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
+
+
 class RunRecord:
   """`<workdir>/run.json`: what a results table needs, kept current during training.
 
   Holds the command line, config, parameter count, hardware, the last step, the
   training wall time summed over every (resumed) invocation, the time of the last update
-  (`updated`, UTC), plus the latest and best eval metrics. Rewritten atomically at each eval and at the end, so a killed run
-  still has its record.
+  (`updated`, `utc_stamp`), plus the latest and best eval metrics. Rewritten atomically at
+  each eval and at the end, so a killed run still has its record.
   """
 
   def __init__(self, workdir: str, config, num_params: int, enabled: bool = True):
@@ -174,7 +179,7 @@ class RunRecord:
     r = self.record
     r["step"] = int(step)
     r["wall_s"] = self.prior_wall_s + (time.time() - self.t0)
-    r["updated"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    r["updated"] = utc_stamp()
     if eval_metrics:
       r["eval"] = {"step": int(step), **{k: float(v) for k, v in eval_metrics.items()}}
       if best_metric in eval_metrics:
