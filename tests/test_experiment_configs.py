@@ -17,6 +17,7 @@ import pytest
 from attn_jax.data import sources
 from attn_jax.train import config as config_lib
 from attn_jax.train import models as models_lib
+from attn_jax.train import runconfig
 from attn_jax.train.loop import train_and_evaluate
 from PIL import Image
 from test_data_readers import make_idx_folder
@@ -137,18 +138,11 @@ DERIVED = {"fashion_mnist_ablation": "fashion_mnist_resnet"}
 TRAIN = [(n, a) for n, a in CASES if a == ARGS.get(n, (None,))[0] and n not in DERIVED]
 
 
-def _flat(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-  return out
-
-
 def test_derived_configs_only_resize_their_parent():
   sizes = {"model.width", "model.depth", "num_steps", "optim.warmup_steps", "eval_every",
            "checkpoint_every"}
   for name, parent in DERIVED.items():
-    c, p = _flat(load_config(name, None).to_dict()), _flat(load_config(parent, None).to_dict())
+    c, p = runconfig.flatten(load_config(name, None)), runconfig.flatten(load_config(parent, None))
     assert c.keys() == p.keys()
     assert {k for k in c if c[k] != p[k]} <= sizes, name
 
