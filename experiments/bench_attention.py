@@ -18,8 +18,8 @@ the default's. Dense peers run only up to `--dense-max-n` / `--dense-max-n-bwd` 
 need B*H*N^2 floats); batch 4 only up to N = 4,096 (`--max-n`).
 `--rss` adds max-RSS measurements of fresh processes (`impl:N:mode`). The table also
 counts minor page faults per call (`ru_minflt`): XLA:CPU takes every large buffer fresh
-from the OS on each call, and on this VM a first touch costs ~1 us per 4 KiB page, so the
-dense peers spend about half their time faulting. `--malloc keep` re-runs the benchmark
+from the OS on each call, and on the 2-core AMD EPYC of docs/performance.md a first
+touch costs ~1 us per 4 KiB page, so the dense peers spend about half their time faulting. `--malloc keep` re-runs the benchmark
 in a process whose glibc allocator keeps freed memory (`MALLOC_KEEP`), which removes
 those faults for every implementation alike (docs/performance.md#page-faults).
 
@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -54,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attn_jax import functional as F
+from attn_jax.train.metrics import cpu_model
 
 HEADS, HEAD_DIM = 8, 64
 PEERS = ("default", "blockwise", "xla", "flax", "naive")  # also 'reference' with --peers
@@ -332,8 +332,7 @@ def main(argv=None):
 
   t_start = time.time()
   ceiling = matmul_gflops(args.ceiling_n)
-  cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if "model name" in l),
-             platform.processor())
+  cpu = cpu_model()
   print(f"# {cpu}, {os.cpu_count()} cores, jax {jax.__version__} {jax.default_backend()} "
         f"({jax.devices()[0].device_kind}), {args.dtype}, matmul (4096^2 jnp.dot) "
         f"{ceiling:.0f} GFLOP/s, malloc {malloc_mode()}", flush=True)

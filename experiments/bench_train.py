@@ -41,7 +41,9 @@ Configs (`--configs`): vit_ti16 (ViT-Ti/16, 224 px, batch 32, 197 tokens), vit_s
 (the variants' defaults; Swin's drop_path_rate is set to 0 for both), 0.1 for the
 Transformer (its config), in ours and the peer alike. Label smoothing 0.1, optimizer of
 configs/cifar10_vit.py (AdamW, clipping) or configs/multi30k_transformer.py (Adam).
-Writes a markdown table to stdout and `--out` (JSON with every sample).
+Writes a markdown table to stdout and `--out` (JSON with every sample). The configs, models and
+batches are in `experiments/bench_train_cases.py`, the summaries and the table in
+`experiments/bench_train_report.py`.
 """
 from __future__ import annotations
 
@@ -49,165 +51,28 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import resource
 import sys
 import time
 from typing import Any, Callable, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.training import train_state
 
 from attn_jax.data import pipeline as P
-from attn_jax.data import sources
-from attn_jax.seq.transformer import Transformer
-from attn_jax.tokens import PAD
 from attn_jax.train import optim
 from attn_jax.train import step as step_lib
 from attn_jax.train.parallel import JitStrategy
-from attn_jax.train.tasks import CLASSIFICATION, SEQ2SEQ, Task
-from attn_jax.vision.swin import swin_variant
-from attn_jax.vision.vit import vit_variant
-from experiments.bench_peers import PeerSwin, PeerTransformer, PeerViT, make_peer_step
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
-Batch = dict[str, Any]
+from experiments.bench_peers import make_peer_step
+from experiments.bench_train_cases import (CASES, M30K_VOCAB, Batch, Case, build_models,
+                                           project_config, real_stream, synthetic_batches,
+                                           units_of)
+from experiments.bench_train_report import legend, machine, print_saved, summarize, table
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-  """One benchmark config.
-
-  name: the `--configs` key; label: what the table prints (before the batch); kind:
-  'vit' | 'swin' | 'transformer'; variant: the `vit_variant` / `swin_variant` name;
-  image_size: pixels (side); batch: examples per step; steps: timed steps per variant and
-  round (default); num_classes: classifier outputs; real: the real data set ('cifar10' |
-  'multi30k' | None: synthetic only); goal: the ours/peer throughput ratio to reach.
-  """
-  name: str
-  label: str
-  kind: str
-  batch: int
-  steps: int
-  variant: str = ""
-  image_size: int = 0
-  num_classes: int = 10
-  real: str | None = None
-  goal: float = 1.0
-
-
-CASES: dict[str, Case] = {c.name: c for c in (
-    Case("vit_ti16", "ViT-Ti/16 224px (197 tok)", "vit", 32, 2, "ViT-Ti/16", 224, 1000),
-    Case("vit_s4", "ViT-S/4 32px (65 tok)", "vit", 128, 1, "ViT-S/4", 32, 10, "cifar10"),
-    Case("vit_ti8", "ViT-Ti/8 224px (785 tok)", "vit", 8, 2, "ViT-Ti/8", 224, 1000,
-         goal=1.3),
-    Case("swin_t", "Swin-T/p2w4 32px", "swin", 64, 3, "Swin-T/p2w4", 32, 10, "cifar10"),
-    Case("transformer", "Transformer 3+3 w256 Multi30k", "transformer", 128, 3,
-         real="multi30k"),
-)}
-REAL_GOAL = 0.95
-# --tiny: sizes for a seconds-long check of the script itself (tests)
-TINY_VISION = dict(width=32, depth=2, num_heads=2, mlp_dim=64)
-TINY_SWIN = dict(width=16, depth=(2, 2), num_heads=(2, 4))
-TINY_TRANSFORMER = dict(width=32, num_heads=4, mlp_dim=64, depth=1)
-# Multi30k de->en vocabulary sizes (word tokenizer, min frequency 2): the synthetic fallback
-M30K_VOCAB = (7882, 5898)
-
-
-# ----- models, data and compiled steps of one config --------------------------------------------
-
-
-def build_models(case: Case, tiny: bool, vocab: tuple[int, int]
-                 ) -> tuple[Callable[[bool], nn.Module], nn.Module, Task]:
-  """(scan_layers -> the project's model, the plain peer, the task)."""
-  if case.kind == "vit":
-    over = TINY_VISION if tiny else {}
-    ours = lambda scan: vit_variant(case.variant, case.num_classes, case.image_size,
-                                    scan_layers=scan, **over)
-    m = ours(False)
-    return ours, PeerViT(case.num_classes, m.patch_size, m.width, m.depth, m.num_heads,
-                         m.mlp_dim), CLASSIFICATION
-  if case.kind == "swin":
-    over = TINY_SWIN if tiny else {}
-    ours = lambda scan: swin_variant(case.variant, case.num_classes, drop_path_rate=0.0,
-                                     scan_layers=scan, **over)
-    m = ours(False)
-    return ours, PeerSwin(case.num_classes, m.patch_size, m.window_size, m.width,
-                          tuple(m.depth), tuple(m.num_heads), m.mlp_ratio), CLASSIFICATION
-  sizes = TINY_TRANSFORMER if tiny else dict(width=256, num_heads=8, mlp_dim=512, depth=3)
-  ours = lambda scan: Transformer(*vocab, **sizes, dropout_rate=0.1, attention_dropout_rate=0.0,
-                                  scan_layers=scan)
-  return ours, PeerTransformer(*vocab, **sizes, dropout_rate=0.1), SEQ2SEQ
-
-
-def project_config(case: Case, batch: int):
-  """The experiment config the data and optimizer come from (paths from the repo root)."""
-  if case.kind == "transformer":
-    from configs import multi30k_transformer
-    c = multi30k_transformer.get_config("de_en")
-  else:
-    from configs import cifar10_vit
-    c = cifar10_vit.get_config()
-  c.batch_size = batch
-  if not os.path.isabs(c.data.path):
-    c.data.path = os.path.normpath(os.path.join(ROOT, c.data.path))
-  return c
-
-
-_DATA_CACHE: dict[str, sources.Data] = {}
-
-
-def real_stream(case: Case, batch: int, use_real: bool) -> tuple[P.TrainStream | None, dict, str]:
-  """(the real TrainStream at step 0 or None, Data.info, a note). Image data is built once
-  and re-batched for each config."""
-  if not use_real or case.real is None:
-    return None, {}, "synthetic only" if case.real is None else "real data off (--no-real)"
-  cfg = project_config(case, batch)
-  if not os.path.exists(cfg.data.path):
-    msg = (f"WARNING: {cfg.data.path} not found; {case.name} runs on synthetic batches of the "
-           "same shapes")
-    print(msg, file=sys.stderr, flush=True)
-    return None, {}, msg
-  if case.real not in _DATA_CACHE:
-    t0 = time.perf_counter()
-    _DATA_CACHE[case.real] = sources.build(cfg)
-    print(f"built {case.real} data in {time.perf_counter() - t0:.1f}s", file=sys.stderr,
-          flush=True)
-  data = _DATA_CACHE[case.real]
-  collate = data.train.collate
-  stream = P.TrainStream(data.train.ds, batch, collate, needs_global=data.train.needs_global)
-  return stream, data.info, f"real {case.real} ({cfg.data.path})"
-
-
-def synthetic_batches(case: Case, batch: int, count: int, tiny: bool, vocab: tuple[int, int],
-                      seed: int = 0) -> list[Batch]:
-  """Host batches: images -> one random batch (reused); seq2seq -> `count` batches of the
-  most common Multi30k shape (src, tgt [batch, 32], random lengths 8..31, PAD after)."""
-  rng = np.random.default_rng(seed)
-  if case.kind != "transformer":
-    hw = case.image_size
-    return [{"image": rng.standard_normal((batch, hw, hw, 3), np.float32),
-             "label": rng.integers(0, case.num_classes, batch).astype(np.int32)}]
-  out = []
-  for _ in range(count):
-    b = {}
-    for key, vocab_size in (("src", vocab[0]), ("tgt_in", vocab[1]), ("tgt_out", vocab[1])):
-      ids = rng.integers(4, vocab_size, (batch, 32)).astype(np.int32)
-      lens = rng.integers(8, 32, batch)
-      ids[np.arange(32)[None, :] >= lens[:, None]] = PAD
-      b[key] = ids
-    out.append(b)
-  return out
-
-
-def units_of(case: Case, batch: Batch) -> float:
-  """Images in the batch, or its non-pad target tokens."""
-  if case.kind == "transformer":
-    return float(np.sum(np.asarray(batch["tgt_out"]) != PAD))
-  return float(np.shape(batch["image"])[0])
+# ----- compiled steps and timing of one config --------------------------------------------------
 
 
 def shape_key(batch: Batch) -> tuple:
@@ -390,71 +255,6 @@ def run_rounds(recs: list[dict], rounds: int) -> None:
           f"{rec['units']}" for v in rec["variants"]))
 
 
-def summarize(rec: dict) -> dict:
-  """The JSON record of a config: samples, median throughputs, ratios, goals."""
-  out = {k: v for k, v in rec.items() if k not in ("variants", "units_fn", "prefetch")}
-  out["samples_s"] = {v.name: v.samples for v in rec["variants"]}
-  out["units_per_step"] = {v.name: v.units for v in rec["variants"]}
-  out["cpu_user_sys_s"] = {v.name: v.cpu for v in rec["variants"]}
-  out["minor_faults"] = {v.name: v.faults for v in rec["variants"]}
-  thr = {v.name: float(np.median(np.asarray(v.units) / np.asarray(v.samples)))
-         for v in rec["variants"] if v.samples}
-  out["throughput"] = thr
-  out["ratio"] = thr["ours"] / thr["peer"] if "ours" in thr and "peer" in thr else None
-  out["throughput_per_cpu_s"] = per_cpu_second(out)
-  out["real_ratio"] = thr["ours_real"] / thr["ours"] if "ours_real" in thr else None
-  out["goal_met"] = None if out["ratio"] is None else bool(out["ratio"] >= rec["goal"])
-  out["real_goal_met"] = (None if out["real_ratio"] is None
-                          else bool(out["real_ratio"] >= REAL_GOAL))
-  return out
-
-
-def per_cpu_second(rec: dict) -> dict[str, float]:
-  """Units per process CPU second (user + sys; totals over the timed steps) of each variant:
-  a secondary figure that other processes on the machine disturb less than the wall clock
-  does. Variants whose steps took no measurable CPU time (10 ms clock ticks) are left out."""
-  out = {}
-  for name, cpu in rec["cpu_user_sys_s"].items():
-    spent = float(np.sum(cpu))
-    if spent > 0:
-      out[name] = float(np.sum(rec["units_per_step"][name])) / spent
-  return out
-
-
-def _f(x: float | None, fmt: str = "{:.1f}") -> str:
-  return "—" if x is None else fmt.format(x)
-
-
-def table(results: list[dict]) -> str:
-  head = ["config", "units", "ours", "peer", "ours/peer (goal)", "real/in-memory (goal ≥0.95)",
-          "compile s ours unrolled / scan (peer)", "XLA temp+out MiB ours / scan / peer",
-          "ours/peer per CPU-s", "params ours / peer", "data"]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for r in results:
-    thr, c, m, cpu = r["throughput"], r["compile_s"], r["xla_mib"], per_cpu_second(r)
-    mark = lambda ok: "met" if ok else "NOT met"
-    ratio = (f"{r['ratio']:.2f}x (≥{r['goal']:.1f}: {mark(r['goal_met'])})"
-             if r["ratio"] is not None else "—")
-    real = (f"{r['real_ratio']:.2f}x ({mark(r['real_goal_met'])})"
-            if r["real_ratio"] is not None else "—")
-    row = [r["label"], r["units"], _f(thr.get("ours")), _f(thr.get("peer")), ratio, real,
-           f"{_f(c.get('ours'))} / {_f(c.get('ours_scan'))} ({_f(c.get('peer'))})",
-           f"{_f(m.get('ours'), '{:.0f}')} / {_f(m.get('ours_scan'), '{:.0f}')} / "
-           f"{_f(m.get('peer'), '{:.0f}')}",
-           f"{cpu['ours'] / cpu['peer']:.2f}x" if {"ours", "peer"} <= set(cpu) else "—",
-           f"{r['params']['ours'] / 1e6:.2f}M / {r['params']['peer'] / 1e6:.2f}M", r["data"]]
-    lines.append("| " + " | ".join(row) + " |")
-  return "\n".join(lines)
-
-
-def machine() -> dict:
-  cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if "model name" in l),
-             platform.processor())
-  return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__,
-          "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
-          "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
   """Runs the benchmark; returns the JSON record (also written to `--out`)."""
   p = argparse.ArgumentParser(description=__doc__,
@@ -478,12 +278,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   if args.table:
     with open(args.table) as fh:
       saved = json.load(fh)
-    m = saved["machine"]
-    print(f"# {m['cpu']}, {m['cores']} cores, jax {m['jax']} {m['backend']}, {m['date']}; load "
-          f"average {saved['load_average_start'][0]:.2f} at start, "
-          f"{saved['load_average_end'][0]:.2f} at end\n")
-    print(table(saved["configs"]))
-    print(f"\nprocess max RSS {saved['max_rss_mib']:.0f} MiB; command: {saved['command']}")
+    print_saved(saved)
     return saved
   unknown = [c for c in args.configs if c not in CASES]
   if unknown:
@@ -508,13 +303,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   results = [summarize(r) for r in recs]
   load_end = os.getloadavg()
   rss = max_rss_mib()
-  print(f"\nthroughput: median over {args.rounds} interleaved round(s) of timed steps (after one "
-        "warm-up step; compile excluded); ratios side by side in this run. in-memory = one "
-        "synthetic batch reused (images) or the pipeline's own batches held on the device "
-        "(Transformer); real = Prefetch over the real TrainStream. XLA MiB: temporaries + "
-        "outputs by XLA's memory analysis. per CPU-s: units per process CPU second (user + "
-        "sys), secondary, less disturbed by other load. Goals: ours/peer ≥ 1.0 (≥ 1.3 at "
-        "785 tokens), real/in-memory ≥ 0.95.\n")
+  print(legend(args.rounds))
   print(table(results))
   print(f"\nprocess max RSS {rss:.0f} MiB; load average at end {load_end[0]:.2f} "
         f"{load_end[1]:.2f} {load_end[2]:.2f}; setup + compile {t_compiled - t_start:.0f} s, "

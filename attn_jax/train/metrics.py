@@ -121,18 +121,21 @@ def command_line() -> str:
   return " ".join(argv)
 
 
+def cpu_model() -> str:
+  """The CPU's model name ('AMD EPYC ...', from /proc/cpuinfo where there is one)."""
+  import platform
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    return platform.processor() or platform.machine()
+
+
 def hardware() -> str:
   """'<n> x <device kind> (<cpu model>, <cores> cores)' of this process, for result tables
   (says so when the process is pinned to fewer cores, e.g. by `taskset`)."""
-  import platform
-
   import jax
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
+  cpu = cpu_model()
   devs = jax.devices()
   cores = f"{os.cpu_count()} cores"
   if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) < (os.cpu_count() or 0):
