@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from attn_jax.analysis.evaluation import evaluate_checkpoint, select_checkpoint
 from attn_jax.train import cli, runconfig
+from attn_jax.train.metrics import command_line
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs", "dates_seq2seq.py")
@@ -69,7 +69,7 @@ def main(argv: list[str]) -> None:
   examples = m.pop("examples", [])
   for src, hyp, ref in examples[:_SHOW.value]:
     print(f"{src!r} -> {hyp!r} (reference {ref!r})")
-  m.update(beam=_BEAM.value, command=" ".join(["python -m experiments.evaluate"] + sys.argv[1:]))
+  m.update(beam=_BEAM.value, command=command_line())
   print(json.dumps(m, indent=1))
   beam = f"_beam{_BEAM.value}" if _BEAM.value > 1 else ""
   out = os.path.join(_WORKDIR.value, f"eval_{config.data.eval_split}{beam}.json")

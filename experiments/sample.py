@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from attn_jax.train import cli, runconfig
+from attn_jax.train.metrics import command_line
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs", "multi30k_lm.py")
@@ -66,7 +66,7 @@ def main(argv: list[str]) -> None:
     print(t)
   record = {"step": step, "prompt": _PROMPT.value, "temperature": _T.value, "top_k": _K.value,
             "top_p": _P.value, "seed": _SEED.value, "samples": texts,
-            "command": " ".join(["python -m experiments.sample"] + sys.argv[1:])}
+            "command": command_line()}
   with open(os.path.join(_WORKDIR.value, "samples.json"), "w") as f:
     json.dump(record, f, indent=1)
 

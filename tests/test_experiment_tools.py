@@ -92,6 +92,22 @@ def test_run_record_sums_wall_time_over_resumptions(tmp_path, monkeypatch):
   assert [c.split()[-1] for c in rec["commands"]] == ["--a", "--b"]
 
 
+def test_recorded_command_starts_with_the_environment_that_changes_the_run(monkeypatch):
+  """MALLOC_* and XLA_FLAGS change a run's speed or devices: the command keeps them."""
+  for k in metrics_lib.RECORDED_ENV:
+    monkeypatch.delenv(k, raising=False)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  monkeypatch.setattr(sys, "argv", [os.path.join(root, "experiments", "train.py"), "--config",
+                                    "c.py"])
+  monkeypatch.chdir(root)
+  assert metrics_lib.command_line() == "python -m experiments.train --config c.py"
+  monkeypatch.setenv("MALLOC_ARENA_MAX", "1")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --x=1")
+  assert metrics_lib.command_line() == (
+      "XLA_FLAGS='--xla_force_host_platform_device_count=8 --x=1' MALLOC_ARENA_MAX=1 "
+      "python -m experiments.train --config c.py")
+
+
 def _fake_run(root, name, cfg, step, eval_metrics, test=None):
   d = root / name
   d.mkdir(parents=True)

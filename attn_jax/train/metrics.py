@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from typing import Any
@@ -111,14 +112,22 @@ class Progress:
       sys.stderr.flush()
 
 
+# Environment variables that change how a run computes or how fast: a recorded command
+# starts with those that are set, so that it reproduces the run (and its wall time).
+RECORDED_ENV = ("XLA_FLAGS", "MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_",
+                "MALLOC_TOP_PAD_")
+
+
 def command_line() -> str:
-  """This process's command as typed: `python -m pkg.mod args` for a module run with -m."""
+  """This process's command as typed: `python -m pkg.mod args` for a module run with -m,
+  after `NAME=value` for each of `RECORDED_ENV` that is set."""
   argv = list(sys.argv)
   path = os.path.abspath(argv[0]) if argv else ""
   rel = os.path.relpath(path, os.getcwd()) if path else ""
   if rel.endswith(".py") and not rel.startswith(".."):
     argv[0] = "python -m " + rel[:-3].replace(os.sep, ".")
-  return " ".join(argv)
+  env = [f"{k}={shlex.quote(os.environ[k])}" for k in RECORDED_ENV if k in os.environ]
+  return " ".join(env + argv)
 
 
 def cpu_model() -> str:
