@@ -18,10 +18,11 @@ the default's. Dense peers run only up to `--dense-max-n` / `--dense-max-n-bwd` 
 need B*H*N^2 floats); batch 4 only up to N = 4,096 (`--max-n`).
 `--rss` adds max-RSS measurements of fresh processes (`impl:N:mode`). The table also
 counts minor page faults per call (`ru_minflt`): XLA:CPU takes every large buffer fresh
-from the OS on each call, and on the 2-core AMD EPYC of docs/performance.md a first
-touch costs ~1 us per 4 KiB page, so the dense peers spend about half their time faulting. `--malloc keep` re-runs the benchmark
-in a process whose glibc allocator keeps freed memory (`MALLOC_KEEP`), which removes
-those faults for every implementation alike (docs/performance.md#page-faults).
+from the OS on each call, and on the VM of docs/performance.md#page-faults (2026-11-21) a
+first touch costs ~1 us per 4 KiB page, so the dense peers spend about half their time
+faulting. `--malloc keep` re-runs the benchmark in a process whose glibc allocator keeps
+freed memory (`MALLOC_KEEP`), which removes those faults for every implementation alike
+(docs/performance.md#page-faults).
 
   python -m experiments.bench_attention                      # the full run (~25 min quiet)
   python -m experiments.bench_attention --sizes 256,512 --batches 1 --rss ''   # smoke test

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import types
 
 import ml_collections
 import numpy as np
@@ -92,20 +93,28 @@ def test_run_record_sums_wall_time_over_resumptions(tmp_path, monkeypatch):
   assert [c.split()[-1] for c in rec["commands"]] == ["--a", "--b"]
 
 
-def test_recorded_command_starts_with_the_environment_that_changes_the_run(monkeypatch):
-  """MALLOC_* and XLA_FLAGS change a run's speed or devices: the command keeps them."""
+def test_recorded_command_starts_with_the_environment_that_changes_the_run(monkeypatch,
+                                                                           tmp_path):
+  """`python -m` runs are named by module whatever the working directory; MALLOC_* and
+  XLA_FLAGS (speed, devices) come first; arguments are shell-quoted."""
   for k in metrics_lib.RECORDED_ENV:
     monkeypatch.delenv(k, raising=False)
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  monkeypatch.setattr(sys, "argv", [os.path.join(root, "experiments", "train.py"), "--config",
-                                    "c.py"])
-  monkeypatch.chdir(root)
-  assert metrics_lib.command_line() == "python -m experiments.train --config c.py"
+  script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "experiments", "train.py")
+  spec = types.SimpleNamespace(name="experiments.train", origin=script)
+  monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__spec__=spec))
+  monkeypatch.setattr(sys, "argv", [script, "--config", "c.py", "--config.model.depth=(2, 2)"])
+  monkeypatch.chdir(tmp_path)
+  assert metrics_lib.command_line() == (
+      "python -m experiments.train --config c.py '--config.model.depth=(2, 2)'")
   monkeypatch.setenv("MALLOC_ARENA_MAX", "1")
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --x=1")
-  assert metrics_lib.command_line() == (
+  assert metrics_lib.command_line().startswith(
       "XLA_FLAGS='--xla_force_host_platform_device_count=8 --x=1' MALLOC_ARENA_MAX=1 "
       "python -m experiments.train --config c.py")
+  monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__spec__=None))
+  monkeypatch.setattr(sys, "argv", ["tools/run.py", "--a"])   # a script, not -m
+  assert metrics_lib.command_line().endswith("MALLOC_ARENA_MAX=1 python tools/run.py --a")
 
 
 def _fake_run(root, name, cfg, step, eval_metrics, test=None):

@@ -112,22 +112,30 @@ class Progress:
       sys.stderr.flush()
 
 
-# Environment variables that change how a run computes or how fast: a recorded command
-# starts with those that are set, so that it reproduces the run (and its wall time).
-RECORDED_ENV = ("XLA_FLAGS", "MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_",
-                "MALLOC_TOP_PAD_")
+# Environment variables that can change what a run computes or how fast (devices, XLA
+# options, the glibc allocator): a recorded command starts with those that are set.
+RECORDED_ENV = ("XLA_FLAGS", "JAX_PLATFORMS", "GLIBC_TUNABLES", "MALLOC_ARENA_MAX",
+                "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+
+def recorded_env() -> list[str]:
+  """`NAME=value` (shell-quoted) for each of `RECORDED_ENV` set in this process."""
+  return [f"{k}={shlex.quote(os.environ[k])}" for k in RECORDED_ENV if k in os.environ]
 
 
 def command_line() -> str:
-  """This process's command as typed: `python -m pkg.mod args` for a module run with -m,
-  after `NAME=value` for each of `RECORDED_ENV` that is set."""
-  argv = list(sys.argv)
-  path = os.path.abspath(argv[0]) if argv else ""
-  rel = os.path.relpath(path, os.getcwd()) if path else ""
-  if rel.endswith(".py") and not rel.startswith(".."):
-    argv[0] = "python -m " + rel[:-3].replace(os.sep, ".")
-  env = [f"{k}={shlex.quote(os.environ[k])}" for k in RECORDED_ENV if k in os.environ]
-  return " ".join(env + argv)
+  """A shell command that reproduces this process: `recorded_env()`, then `python -m
+  pkg.mod args` for a module run with -m (the module's name does not depend on the working
+  directory), else `python <script> args`; the arguments are shell-quoted."""
+  argv = list(sys.argv) or [""]
+  main = sys.modules.get("__main__")
+  spec = getattr(main, "__spec__", None)
+  path = os.path.abspath(argv[0]) if argv[0] else ""
+  if spec is not None and spec.origin and os.path.abspath(spec.origin) == path:
+    prog = f"python -m {spec.name.removesuffix('.__main__')}"
+  else:
+    prog = f"python {shlex.quote(argv[0])}" if argv[0] else "python"
+  return " ".join(recorded_env() + [prog] + [shlex.quote(a) for a in argv[1:]])
 
 
 def cpu_model() -> str:
