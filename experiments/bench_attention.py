@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attn_jax import functional as F
-from attn_jax.train.metrics import cpu_model
+from attn_jax.train.metrics import command_line, cpu_model
 
 HEADS, HEAD_DIM = 8, 64
 PEERS = ("default", "blockwise", "xla", "flax", "naive")  # also 'reference' with --peers
@@ -351,8 +351,8 @@ def main(argv=None):
       err = f" error: {r['error']}" if "error" in r else ""
       print(f"| {r['impl']} | {r['n']} | {r['mode']} | {r.get('max_rss_mib', float('nan')):.0f} | "
             f"{r.get('wall_s_incl_compile', float('nan')):.1f} |{err}")
-  print(f"\ntotal {time.time() - t_start:.0f} s; command: python -m experiments.bench_attention "
-        + " ".join(sys.argv[1:] if argv is None else argv))
+  print(f"\ntotal {time.time() - t_start:.0f} s; command: "
+        f"{command_line('experiments.bench_attention', argv)}")
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as fh:
     json.dump({"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__, "dtype": args.dtype,

@@ -52,7 +52,6 @@ import dataclasses
 import json
 import os
 import resource
-import shlex
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -65,7 +64,7 @@ from flax.training import train_state
 from attn_jax.data import pipeline as P
 from attn_jax.train import optim
 from attn_jax.train import step as step_lib
-from attn_jax.train.metrics import recorded_env
+from attn_jax.train.metrics import command_line
 from attn_jax.train.parallel import JitStrategy
 from experiments.bench_peers import make_peer_step
 from experiments.bench_train_cases import (CASES, M30K_VOCAB, Batch, Case, build_models,
@@ -285,8 +284,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   unknown = [c for c in args.configs if c not in CASES]
   if unknown:
     p.error(f"unknown config(s) {unknown}; known: {list(CASES)}")
-  command = " ".join(recorded_env() + ["python -m experiments.bench_train"] + [
-      shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)])
+  command = command_line("experiments.bench_train", argv)
   info = machine()
   load_start = os.getloadavg()
   print(f"# {info['cpu']}, {info['cores']} cores, jax {info['jax']} {info['backend']} "

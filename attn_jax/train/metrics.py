@@ -11,7 +11,7 @@ import os
 import shlex
 import sys
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from attn_jax.train.tbevents import EventWriter
 
@@ -123,19 +123,23 @@ def recorded_env() -> list[str]:
   return [f"{k}={shlex.quote(os.environ[k])}" for k in RECORDED_ENV if k in os.environ]
 
 
-def command_line() -> str:
+def command_line(module: str | None = None, args: Sequence[str] | None = None) -> str:
   """A shell command that reproduces this process: `recorded_env()`, then `python -m
   pkg.mod args` for a module run with -m (the module's name does not depend on the working
-  directory), else `python <script> args`; the arguments are shell-quoted."""
+  directory), else `python <script> args`; the arguments are shell-quoted. An entry point
+  called as a function (`main(argv)`) passes its `module` name and `args` instead."""
   argv = list(sys.argv) or [""]
   main = sys.modules.get("__main__")
   spec = getattr(main, "__spec__", None)
   path = os.path.abspath(argv[0]) if argv[0] else ""
-  if spec is not None and spec.origin and os.path.abspath(spec.origin) == path:
+  if module is not None:
+    prog = f"python -m {module}"
+  elif spec is not None and spec.origin and os.path.abspath(spec.origin) == path:
     prog = f"python -m {spec.name.removesuffix('.__main__')}"
   else:
     prog = f"python {shlex.quote(argv[0])}" if argv[0] else "python"
-  return " ".join(recorded_env() + [prog] + [shlex.quote(a) for a in argv[1:]])
+  rest = argv[1:] if args is None else list(args)
+  return " ".join(recorded_env() + [prog] + [shlex.quote(a) for a in rest])
 
 
 def cpu_model() -> str:
