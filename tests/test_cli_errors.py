@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from child_env import child_env
 from test_faults import ROOT, child, width_key, write_config
 
 
@@ -18,9 +19,7 @@ def data(tmp_path_factory):
 
 
 def run(module, *args, env_extra=None, timeout=180):
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  env.pop("XLA_FLAGS", None)
-  env.update(env_extra or {})
+  env = child_env(**(env_extra or {}))
   p = subprocess.run([sys.executable, "-m", f"experiments.{module}", *map(str, args)],
                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
   lines = [line for line in (p.stdout + p.stderr).splitlines() if line.strip()]
@@ -99,7 +98,7 @@ def test_failed_save_exits_within_seconds_with_one_line(data, tmp_path):
           "shutil.disk_usage = lambda p: real(p)._replace(free=1000)\n"
           f"sys.argv = ['train', '--config={cfg}', '--workdir={tmp_path / 'w'}']\n"
           "runpy.run_module('experiments.train', run_name='__main__', alter_sys=True)\n")
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = child_env()
   t0 = time.time()
   p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                      text=True, timeout=120)

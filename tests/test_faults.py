@@ -12,6 +12,8 @@ import time
 import numpy as np
 import pytest
 
+from child_env import child_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -58,9 +60,7 @@ def write_config(path, data, **overrides) -> str:
 
 def child(*args, env_extra=None):
   """This file run as a script (see `__main__` below), output captured."""
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  env.pop("XLA_FLAGS", None)
-  env.update(env_extra or {})
+  env = child_env(**(env_extra or {}))
   return subprocess.Popen([sys.executable, __file__, *map(str, args)], env=env, cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

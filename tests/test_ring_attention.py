@@ -18,6 +18,8 @@ import sys
 import numpy as np
 import pytest
 
+from child_env import child_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -90,9 +92,7 @@ def run_case(b, h, lq, lk, d, causal, zigzag, lens, mesh_spec, batch_axis, with_
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
   out = tmp_path_factory.mktemp("ring") / "ring.json"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8 "
-             "--xla_cpu_collective_call_terminate_timeout_seconds=900", JAX_PLATFORMS="cpu",
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = child_env(8, "--xla_cpu_collective_call_terminate_timeout_seconds=900")
   p = subprocess.run([sys.executable, __file__, str(out)], env=env, cwd=ROOT,
                      capture_output=True, text=True, timeout=600)
   assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]

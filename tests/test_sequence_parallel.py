@@ -14,6 +14,8 @@ import sys
 import numpy as np
 import pytest
 
+from child_env import child_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEXT = ["a dog runs .", "a cat sits on the mat .", "two dogs run in the park ."] * 30
 
@@ -75,10 +77,7 @@ def runs(tmp_path_factory):
   (base / "text.txt").write_text("\n".join(TEXT) + "\n")
   data = make_idx_folder(str(base / "data"), n_train=48, n_test=16)
   root = os.path.dirname(HERE)
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8 "
-                       "--xla_cpu_collective_call_terminate_timeout_seconds=900",
-             PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = child_env(8, "--xla_cpu_collective_call_terminate_timeout_seconds=900")
   proc = subprocess.Popen([sys.executable, __file__, "eight", str(base), data], env=env,
                           cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   train(lm_config(str(base / "text.txt")), str(base / "lm_one"))

@@ -14,6 +14,8 @@ import sys
 import numpy as np
 import pytest
 
+from child_env import child_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -37,8 +39,7 @@ def run_config(data, workdir, **overrides):
 
 
 def child(env_devices, args, timeout=240):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={env_devices}",
-             JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = child_env(env_devices)
   return subprocess.Popen([sys.executable, __file__, *args], env=env, cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -10,6 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from child_env import child_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 STEPS = 120
@@ -34,8 +36,7 @@ def train(data, workdir):
 
 
 def start(data, workdir):
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  env.pop("XLA_FLAGS", None)
+  env = child_env()
   return subprocess.Popen([sys.executable, __file__, data, workdir], env=env, cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
