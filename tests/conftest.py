@@ -6,10 +6,6 @@ import tempfile
 # Tests import `reference` and helpers from this folder.
 sys.path.insert(0, os.path.dirname(__file__))
 
-# Faster compiles for the whole run (child_env.py says why); set before JAX starts its backend.
-from child_env import TEST_XLA_FLAGS  # noqa: E402
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
-
 # One persistent XLA compilation cache for this test run, shared by the xdist workers and
 # the child processes they start (training subprocesses, notebook kernels), which inherit
 # the environment: programs that several tests (or several processes of one test) compile

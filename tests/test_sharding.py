@@ -164,10 +164,8 @@ def _child(devices, args):
   import subprocess
   root = os.path.dirname(HERE)
   # A loaded machine can keep a simulated device's thread from a collective for long.
-  # The default LLVM level: at -O0 the Adam updates of near-zero gradients round ~7e-7
-  # apart between one device and two processes, past the float32 tolerance of `_close`.
   env = child_env(devices, "--xla_cpu_collective_call_terminate_timeout_seconds=900",
-                  "--xla_cpu_collective_call_warn_stuck_timeout_seconds=300", fast_compile=False)
+                  "--xla_cpu_collective_call_warn_stuck_timeout_seconds=300")
   return subprocess.Popen([sys.executable, __file__, *args], env=env, cwd=root,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
