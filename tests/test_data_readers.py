@@ -180,3 +180,34 @@ def test_shared_mnist_reads():
   assert len(src) == 10_000 and src[0]["image"].shape == (28, 28, 1)
   assert int(src[0]["label"]) == 7   # the first MNIST test digit
 
+
+
+def test_decoded_once_matches_decoding_on_access(tmp_path):
+  folder = make_image_folder(str(tmp_path / "imgs"))   # PNG: lossless, so exact
+  lazy = I.load_local_images(folder, "train")
+  eager = lazy.decoded(limit_mb=1, workers=2)
+  assert isinstance(eager.images, np.ndarray) and eager.images.shape == (6, 8, 8, 3)
+  assert eager.classes == lazy.classes
+  for i in range(6):
+    np.testing.assert_array_equal(eager[i]["image"], lazy[i]["image"])
+    assert eager[i]["label"] == lazy[i]["label"]
+  assert lazy.decoded(limit_mb=1e-4) is lazy      # 6 x 192 bytes is over 105 bytes: kept encoded
+  assert lazy.decoded(limit_mb=0) is lazy         # 0 = off
+  assert eager.decoded(limit_mb=1) is eager       # already arrays
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(os.path.join(folder, "train", "dog", "0009.png"))
+  mixed = I.load_local_images(folder, "train")
+  assert mixed.decoded(limit_mb=1) is mixed       # shapes differ: decoded on access
+  with open(os.path.join(folder, "train", "dog", "0001.png"), "wb") as f:
+    f.write(b"not a png")
+  with pytest.raises(I.DataError, match=r"train/dog/0001.png: cannot decode"):
+    I.load_local_images(folder, "train").decoded(limit_mb=1)   # at load, naming the file
+
+
+def test_random_crop_is_a_window_of_the_zero_padded_image():
+  for seed in range(200):
+    shape_rng = np.random.default_rng(seed)
+    h, w, pad = (int(v) for v in shape_rng.integers(1, 12, size=3))   # pad > h included
+    img = shape_rng.integers(0, 255, (h, w, 3)).astype(np.uint8)
+    dy, dx = np.random.default_rng(seed).integers(0, 2 * pad + 1, size=2)
+    want = np.pad(img, ((pad, pad), (pad, pad), (0, 0)))[dy:dy + h, dx:dx + w]
+    np.testing.assert_array_equal(P.random_crop(img, pad, np.random.default_rng(seed)), want)

@@ -202,3 +202,19 @@ def test_committed_results_tables_are_rebuilt_from_committed_records():
     summary = ablation.summarize(abl, ablation.VARIANTS, (0, 1, 2))
     with open(os.path.join(root, "docs", "ablation.md")) as f:
       assert f.read() == ablation.table(summary, ablation.VARIANTS)
+
+
+def test_gpu_check_kernels_compares_against_float64_and_flags_a_wrong_choice():
+  """The GPU check's machinery on a CPU: at these lengths the automatic choice is
+  'reference', so checking 'reference' passes and checking 'blockwise' fails on the choice."""
+  import jax
+  from experiments import gpu_check
+  cases = ("key_lengths", "bool_mask", "gqa_8_over_2")
+  rows, ok = gpu_check.check_kernels("reference", scale=8, cases=cases)
+  assert ok and [row["case"] for row in rows] == list(cases)
+  for row in rows:
+    assert row["auto_selects"] == "reference" and row["pass"]
+    assert all(0 < row["reference"][k] < 0.02 for k in ("out", "dq", "dk", "dv"))  # bf16 rounding
+  rows, ok = gpu_check.check_kernels("blockwise", scale=8, cases=cases[:1])
+  assert not ok and not rows[0]["pass"]
+  assert not jax.config.jax_enable_x64   # the float64 reference leaves the setting as it was

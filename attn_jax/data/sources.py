@@ -16,6 +16,7 @@ batching, process sharding) is shared:
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -56,7 +57,8 @@ def image_source(cfg, split: str) -> Sequence[dict[str, Any]]:
   tfds (`cfg.source == 'tfds'`) or a local IDX folder, image folder or tar (`cfg.path`)."""
   if cfg.source == "tfds":
     return _tfds_split(cfg.name, split, cfg.get("data_dir"))
-  return I.load_local_images(cfg.path, split)
+  return I.load_local_images(cfg.path, split).decoded(cfg.get("decode_limit_mb", 0),
+                                                      workers=os.cpu_count() or 1)
 
 
 def count_classes(src) -> int:

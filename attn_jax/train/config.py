@@ -66,6 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
   d.rotate = 0.0                # random rotation in [-rotate, rotate] degrees, train AND eval
   d.translate = 0               # random shift in [-translate, translate] pixels, train AND eval
   d.canvas = 0                  # pad images (centred) to canvas x canvas first; 0 = keep
+  d.decode_limit_mb = 2048      # local JPEG/PNG images are decoded once at load when the
+                                # uint8 array fits in this many MiB; else on every access
   d.prefetch = 2                # batches prepared ahead (threads) and put on the devices; 0 = off
   o = c.optim = ml_collections.ConfigDict()
   o.name = "adamw"              # adamw | adam | sgd
