@@ -39,8 +39,9 @@ def assert_error(rc, lines, *needles):
 def test_unknown_key_with_did_you_mean(module, tmp_path):
   assert_error(*run(module, "--config.optim.lerning_rate=1", f"--workdir={tmp_path}"),
                "--config.optim.lerning_rate: unknown key", "did you mean 'learning_rate'")
-  assert_error(*run(module, "--config.foo=1", f"--workdir={tmp_path}"),
-               "--config.foo: unknown key 'foo'")
+  if module == "train":   # the three share the override check; one run for a top-level key
+    assert_error(*run(module, "--config.foo=1", f"--workdir={tmp_path}"),
+                 "--config.foo: unknown key 'foo'")
 
 
 def test_missing_config_file(tmp_path):
