@@ -5,7 +5,8 @@ with 4 px padding + flip, SGD momentum 0.9, learning rate 0.1 with cosine decay,
     python -m experiments.train --config configs/cifar10_resnet.py --workdir runs/cifar10_resnet
 
 `:se`, `:eca` or `:cbam` put that attention in every residual block (default `none`). Reads
-the JPEG tar in `../shared/data/cifar10_jpg`. 200 epochs is a GPU/TPU run.
+the JPEG tar in `../shared/data/cifar10_jpg`. 200 epochs is a GPU/TPU run; the crops and
+flips are drawn per batch (`data.batch_augment`) so the input keeps up with a GPU.
 """
 from configs import cifar10_vit, fashion_mnist_resnet
 
@@ -15,6 +16,7 @@ def get_config(arg: str | None = None):
   c.model.width = 64
   c.data = cifar10_vit.get_config().data
   c.data.augment_policy = ""       # crop + flip only, as the anchor
+  c.data.batch_augment = True      # drawn per batch: the input keeps up with a GPU
   c.optim.warmup_steps = 0
   c.label_smoothing = 0.0
   c.num_steps = 78_200             # 200 epochs of 50,000 images at batch 128

@@ -74,3 +74,16 @@ def test_config_names_a_bad_policy():
   c.data.augment_policy = "randaugment"
   with pytest.raises(ConfigError, match="config.data.augment_policy"):
     validate(c)
+
+
+def test_batch_augment_takes_crop_and_flip_only():
+  from attn_jax.train.config import ConfigError, base_config, validate
+  c = base_config()
+  c.data.batch_augment, c.data.crop_padding, c.data.flip = True, 4, True
+  validate(c)
+  for key, value in (("augment_policy", "autoaugment"), ("rotate", 10.0), ("canvas", 40)):
+    c2 = base_config()
+    c2.data.batch_augment = True
+    c2.data[key] = value
+    with pytest.raises(ConfigError, match=r"config.data.batch_augment=True draws crop \+ flip only"):
+      validate(c2)

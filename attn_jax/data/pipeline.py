@@ -22,6 +22,8 @@ import numpy as np
 
 Example = dict[str, Any]
 Collate = Callable[[list[Example], list[Example]], dict[str, np.ndarray]]
+# (local batch, generator of the step, global batch size, offset of the local rows) -> batch
+BatchFn = Callable[[dict[str, np.ndarray], np.random.Generator, int, int], dict[str, np.ndarray]]
 
 
 def stack_collate(local: list[Example], _: list[Example]) -> dict[str, np.ndarray]:
@@ -38,16 +40,20 @@ class TrainStream:
     collate: (local examples, global examples or []) -> dict of arrays [local_batch, ...].
       `needs_global` collates (text bucketing) also see the whole global batch so
       every process pads to the same shape.
+    batch_fn: optional random transform of each collated batch (`batch_image_augment`),
+      with a generator seeded by (`seed`, step).
   """
 
   def __init__(self, dataset: grain.MapDataset, global_batch: int, collate: Collate = stack_collate,
-               *, process_index: int = 0, process_count: int = 1, needs_global: bool = False):
+               *, process_index: int = 0, process_count: int = 1, needs_global: bool = False,
+               batch_fn: BatchFn | None = None, seed: int = 0):
     if global_batch % process_count:
       raise ValueError(f"batch_size={global_batch} must divide evenly over {process_count} processes.")
     self.ds, self.global_batch, self.collate = dataset, global_batch, collate
     self.local_batch = global_batch // process_count
     self.offset = process_index * self.local_batch
     self.needs_global = needs_global
+    self.batch_fn, self.seed = batch_fn, seed
     self.step = 0
 
   def batch_at(self, step: int) -> dict[str, np.ndarray]:
@@ -55,7 +61,11 @@ class TrainStream:
     start = step * self.global_batch
     local = [self.ds[start + self.offset + i] for i in range(self.local_batch)]
     every = [self.ds[start + i] for i in range(self.global_batch)] if self.needs_global else []
-    return self.collate(local, every)
+    batch = self.collate(local, every)
+    if self.batch_fn is not None:   # draws for the whole global batch: any process count agrees
+      rng = np.random.default_rng([self.seed, step])
+      batch = self.batch_fn(batch, rng, self.global_batch, self.offset)
+    return batch
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self
@@ -228,6 +238,41 @@ def random_crop(img: np.ndarray, padding: int, rng: np.random.Generator) -> np.n
   y0, x0 = max(0, dy), max(0, dx)
   out[y0 - dy:y0 - dy + ny, x0 - dx:x0 - dx + nx] = img[y0:y0 + ny, x0:x0 + nx]
   return out
+
+
+def batch_image_augment(mean: Sequence[float], std: Sequence[float], *, crop_padding: int = 0,
+                        flip: bool = False) -> BatchFn:
+  """Returns `f(batch, rng, global_batch, offset)`: random crop with zero padding and
+  horizontal flip of a whole batch {'image': uint8 [b, h, w, c], 'label': [b]} in a few
+  vectorized numpy ops, then `(x / 255 - mean) / std` -> {'image': float32 [b, h, w, c],
+  'label': int32 [b]} (other keys dropped).
+
+  The crops and flips of the whole global batch are drawn from `rng` and the local rows
+  `offset:offset + b` taken, so every process count trains on the same images. The same
+  transform as `image_preprocess(..., crop_padding, flip)` per example, with other draws.
+  """
+  mean = np.asarray(mean, np.float32)
+  std = np.asarray(std, np.float32)
+  # (v / 255 - mean) / std for every uint8 value v of each channel, channel c at c * 256:
+  # one table lookup per pixel instead of broadcasting float ops over the channel axis.
+  table = ((np.arange(256, dtype=np.float32)[:, None] / 255.0 - mean) / std).T.ravel()
+  channel_offset = (np.arange(len(mean)) * 256).astype(np.uint16)
+
+  def augment(batch, rng: np.random.Generator, global_batch: int, offset: int):
+    img = np.asarray(batch["image"])
+    b, h, w = img.shape[:3]
+    p = crop_padding
+    dy, dx = rng.integers(0, 2 * p + 1, size=(2, global_batch))[:, offset:offset + b]
+    mirror = (rng.random(global_batch) < 0.5)[offset:offset + b] if flip else np.zeros(b, bool)
+    padded = np.pad(img, ((0, 0), (p, p), (p, p), (0, 0))) if p else img
+    out = np.empty_like(img)
+    for i, (y, x, m) in enumerate(zip(dy.tolist(), dx.tolist(), mirror.tolist())):
+      window = padded[i, y:y + h, x:x + w]   # slice copies: faster than one fancy gather
+      out[i] = window[:, ::-1] if m else window
+    image = np.take(table, out.astype(np.uint16) + channel_offset)
+    return {"image": image, "label": np.asarray(batch["label"], np.int32)}
+
+  return augment
 
 
 def image_preprocess(mean: Sequence[float], std: Sequence[float], *, crop_padding: int = 0,

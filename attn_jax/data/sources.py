@@ -138,7 +138,12 @@ def build(config, process_index: int = 0, process_count: int = 1) -> Data:
     aug = P.image_preprocess(mean, std, crop_padding=cfg.crop_padding, flip=cfg.flip,
                              policy=cfg.get("augment_policy", ""), **warp)
     plain = P.image_preprocess(mean, std, train=False, **warp)
-    train = P.TrainStream(P.train_dataset(train_src, seed, aug), config.batch_size, **shard)
+    if cfg.get("batch_augment"):   # crop + flip per batch (validate() allows nothing else)
+      batch_aug = P.batch_image_augment(mean, std, crop_padding=cfg.crop_padding, flip=cfg.flip)
+      train = P.TrainStream(P.train_dataset(train_src, seed), config.batch_size,
+                            batch_fn=batch_aug, seed=seed, **shard)
+    else:
+      train = P.TrainStream(P.train_dataset(train_src, seed, aug), config.batch_size, **shard)
     num_classes = cfg.num_classes or count_classes(train_src)
     info = {"num_classes": num_classes, "image_shape": shape, "num_train": len(train_src),
             "num_eval": len(eval_src)}

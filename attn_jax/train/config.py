@@ -66,6 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
   d.rotate = 0.0                # random rotation in [-rotate, rotate] degrees, train AND eval
   d.translate = 0               # random shift in [-translate, translate] pixels, train AND eval
   d.canvas = 0                  # pad images (centred) to canvas x canvas first; 0 = keep
+  d.batch_augment = False       # crop + flip drawn per batch, vectorized (~3x faster input;
+                                # another random stream than the per-example default)
   d.decode_limit_mb = 2048      # local JPEG/PNG images are decoded once at load when the
                                 # uint8 array fits in this many MiB; else on every access
   d.prefetch = 2                # batches prepared ahead (threads) and put on the devices; 0 = off
@@ -255,6 +257,11 @@ def validate(config, num_devices: int | None = None) -> None:
     policy_transform(config.data.augment_policy)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if config.data.get("batch_augment") and (config.data.augment_policy or config.data.rotate
+                                           or config.data.translate or config.data.canvas):
+    raise ConfigError("config.data.batch_augment=True draws crop + flip only; "
+                      f"config.data.augment_policy={config.data.augment_policy!r}, rotate, "
+                      "translate and canvas need the per-example path (batch_augment=False).")
   if config.data.pack and config.data.source in ("multi30k", "pairs", "tsv", "task") \
       and config.model.name != "transformer":
     raise ConfigError(f"config.data.pack=True packs sequence pairs for model 'transformer' "
@@ -318,6 +325,7 @@ _RANGES = (
     ("data.rotate", 0.0, 180.0, True, True),
     ("data.translate", 0, None, True, False),
     ("data.canvas", 0, None, True, False),
+    ("data.decode_limit_mb", 0.0, None, True, False),
     ("optim.skip_nonfinite", 0, None, True, False),
     ("progress_every_s", 0.0, None, True, False),
 )
