@@ -63,6 +63,15 @@ def _ref(q, k, v, g, keep, bias, scale, softcap):
   return out, (dq, fold(dk), fold(dv)), ds, p
 
 
+def _grad_err(x, ref) -> float:
+  """Relative error, against a norm of at least 1: a gradient can cancel exactly in float64
+  (softmax over a single valid key has zero score gradient, so dq = 0 when every valid row
+  has one key: seed 1308016173 of 'everything'), where float32 leaves ~1e-8 of rounding and
+  a pure ratio explodes."""
+  x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+  return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1.0))
+
+
 # 75 x 100 over 32 x 32 tiles; segments_self_causal: 100 x 100 in one tile (the loop-free path)
 CASES = ["gqa_mask_causal", "mqa_lens_window_causal", "segments_self_causal",
          "softcap_alibi_gqa_causal", "everything"]
@@ -121,9 +130,9 @@ def test_variants_vs_float64(case):
   ref, ref_grads, ds, ref_w = _ref(q, k, v, g, keep, bias, 1 / np.sqrt(D), kw.get("softcap"))
   assert rel_err(out, ref) < 1e-5, (case, seed)
   for name, gr, r in zip("qkv", grads, ref_grads):
-    assert rel_err(gr, r) < 1e-5, (case, name, seed)
+    assert _grad_err(gr, r) < 1e-5, (case, name, seed)
   if user_bias is not None:  # summed over every axis but kv
-    assert rel_err(grads[3], ds.sum(axis=(0, 1, 2))) < 1e-5, (case, seed)
+    assert _grad_err(grads[3], ds.sum(axis=(0, 1, 2))) < 1e-5, (case, seed)
   empty = ~np.broadcast_to(keep, ref_w.shape).any(-1)
   assert np.all(np.asarray(out)[empty] == 0)  # rows with no valid key: exactly 0
   out_ref, w = jax.jit(lambda q, k, v: F.attention(
