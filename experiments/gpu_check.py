@@ -178,21 +178,14 @@ def pipeline_rate(config_path: str, data_path: str, overrides: Sequence[str] = (
                   batches: int = 150) -> tuple[list[dict], bool]:
   """Training batches/s of a config's input pipeline alone (its prefetch threads, no steps):
   what bounds the step rate when the accelerator is faster. One row."""
-  import importlib.util
   from attn_jax.data import pipeline as P
   from attn_jax.data import sources
-  spec = importlib.util.spec_from_file_location("cfg", config_path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  from attn_jax.train.cli import load_config_file
+  config = load_config_file(config_path)
   config.data.path = data_path
-  for item in overrides:   # 'data.decode_limit_mb=0': a key of the config and a Python literal
-    key, value = item.split("=", 1)
-    *parents, leaf = key.split(".")
-    node = config
-    for name in parents:
-      node = node[name]
-    node[leaf] = ast.literal_eval(value)
+  # 'data.decode_limit_mb=0': a key of the config and a Python literal
+  config.update_from_flattened_dict(
+      {key: ast.literal_eval(value) for key, value in (o.split("=", 1) for o in overrides)})
   t0 = time.perf_counter()
   data = sources.build(config)
   built = time.perf_counter() - t0
@@ -202,8 +195,8 @@ def pipeline_rate(config_path: str, data_path: str, overrides: Sequence[str] = (
   for _ in range(batches):
     next(stream)
   rate = batches / (time.perf_counter() - t0)
-  row = {"config": config_path, "overrides": list(overrides), "build_s": round(built, 1), "batches_per_s": round(rate, 1),
-         "batch_size": config.batch_size}
+  row = {"config": config_path, "overrides": list(overrides), "build_s": round(built, 1),
+         "batches_per_s": round(rate, 1), "batch_size": config.batch_size}
   print(json.dumps(row), flush=True)
   return [row], True
 

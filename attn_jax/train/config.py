@@ -66,7 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
   d.rotate = 0.0                # random rotation in [-rotate, rotate] degrees, train AND eval
   d.translate = 0               # random shift in [-translate, translate] pixels, train AND eval
   d.canvas = 0                  # pad images (centred) to canvas x canvas first; 0 = keep
-  d.batch_augment = False       # crop + flip drawn per batch, vectorized (~3x faster input;
+  d.batch_augment = False       # crop + flip drawn per batch, vectorized (~2x faster input;
                                 # another random stream than the per-example default)
   d.decode_limit_mb = 2048      # local JPEG/PNG images are decoded once at load when the
                                 # uint8 array fits in this many MiB; else on every access
