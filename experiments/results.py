@@ -218,6 +218,15 @@ def table(rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _eval_split(workdir: str) -> str:
+  """The split the training loop evaluated on (`config.data.eval_split`), for curve labels."""
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      return json.load(f).get("data", {}).get("eval_split") or "validation"
+  except (OSError, json.JSONDecodeError):
+    return "validation"
+
+
 def main(argv: list[str]) -> None:
   dirs = argv[1:] or sorted(glob.glob("runs/*/"))
   if _ARCHIVE.value:
@@ -231,8 +240,9 @@ def main(argv: list[str]) -> None:
     for d in dirs:
       name, path = os.path.basename(d.rstrip("/")), os.path.join(d, "metrics.jsonl")
       if os.path.exists(path) and os.path.exists(os.path.join(d, "run.json")):
+        split = _eval_split(d)
         print("wrote", plot_curves(read_curves(path), os.path.join(_CURVES.value, f"{name}.png"),
-                                   title=name))
+                                   title=name, eval_split=split))
   text = table(rows)
   print(text)
   if _OUT.value:

@@ -26,6 +26,11 @@ def test_curves_wall_time_integrates_the_logged_rate(tmp_path):
   out = curves_lib.plot_curves(c, str(tmp_path / "png" / "run.png"), "run")
   assert os.path.getsize(out) > 5000
   assert curves_lib.read_curves(str(p), "eval_loss").eval_value.tolist() == [2.5, 2.0]
+  # The right axis names the split the loop evaluated on (the test split for Fashion-MNIST).
+  assert results._eval_split(str(tmp_path)) == "validation"          # no config.json
+  (tmp_path / "config.json").write_text(json.dumps({"data": {"eval_split": "test"}}))
+  assert results._eval_split(str(tmp_path)) == "test"
+  curves_lib.plot_curves(c, str(tmp_path / "png" / "test.png"), "run", eval_split="test")
 
 
 def test_translation_row_reports_widest_beam_with_greedy_and_selection(tmp_path):

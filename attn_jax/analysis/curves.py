@@ -56,9 +56,11 @@ def read_curves(metrics_path: str, eval_key: str | None = None) -> Curves:
                 np.array([r[eval_key] for r in ev], np.float64), eval_key)
 
 
-def plot_curves(curves: Curves, path: str, title: str = "") -> str:
-  """Train loss (left axis) and the validation metric (right axis) against steps, with
-  training wall time in minutes on the top axis. Writes `path` (PNG); returns it."""
+def plot_curves(curves: Curves, path: str, title: str = "", eval_split: str = "validation") -> str:
+  """Train loss (left axis) and the evaluated metric (right axis) against steps, with
+  training wall time in minutes on the top axis. `eval_split` names the split the loop
+  evaluated on, for the axis label ("test accuracy", "val perplexity"). Writes `path`
+  (PNG); returns it."""
   from matplotlib.figure import Figure
   if len(curves.train_step) == 0:
     raise ValueError(f"no train lines to plot for {path}.")
@@ -71,12 +73,15 @@ def plot_curves(curves: Curves, path: str, title: str = "") -> str:
     ax2 = ax.twinx()
     ax2.plot(curves.eval_step, curves.eval_value, "o-", color="tab:orange", ms=3,
              label=curves.eval_key)
-    ax2.set_ylabel(curves.eval_key.replace("eval_", "validation "), color="tab:orange")
+    ax2.set_ylabel(curves.eval_key.replace("eval_", f"{eval_split} "), color="tab:orange")
   # Top axis: wall time; steps -> minutes by the logged training rate (monotone).
   s = np.concatenate([[0], curves.train_step]).astype(np.float64)
   w = np.concatenate([[0.0], curves.train_wall_min])
   top = ax.secondary_xaxis("top", functions=(lambda x: np.interp(x, s, w),
                                              lambda m: np.interp(m, w, s)))
+  # Ticks only inside the run's wall time: past its end the clamped map stacks them.
+  from matplotlib.ticker import MaxNLocator
+  top.set_xticks([t for t in MaxNLocator(7).tick_values(0.0, w[-1]) if 0 <= t <= w[-1]])
   top.set_xlabel("training wall time (min)")
   ax.set_title(title, fontsize=9)
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
